@@ -1,0 +1,60 @@
+# Beha2Vec: the two commands a new user needs are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SAMPLE := data/sample/ga4
+LAKE ?= lake
+export PYSPARK_PYTHON := $(abspath $(BIN)/python)
+export SPARK_LOCAL_IP := 127.0.0.1
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+# Spark needs Java 17+: use JAVA_HOME when set, else the java on PATH.
+JAVA := $(if $(JAVA_HOME),$(JAVA_HOME)/bin/java,$(shell command -v java 2>/dev/null))
+ifeq ($(JAVA_HOME),)
+ifneq ($(JAVA),)
+export JAVA_HOME := $(patsubst %/bin/java,%,$(realpath $(JAVA)))
+endif
+endif
+
+.PHONY: setup java run test lint bench clean distclean
+
+setup: java $(STAMP)
+
+java:
+	@if [ -z "$(JAVA)" ] || ! "$(JAVA)" -version >/dev/null 2>&1; then \
+	  echo "error: Java 17 or newer is required (Spark runs on the JVM). Install it, e.g." \
+	       "'apt-get install openjdk-17-jre-headless', or set JAVA_HOME." >&2; exit 1; fi
+	@v=$$("$(JAVA)" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
+	if [ -z "$$v" ] || [ "$$v" -lt 17 ]; then \
+	  echo "error: Java 17 or newer is required, found version '$$v' at $(JAVA); set JAVA_HOME." >&2; exit 1; fi
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+$(SAMPLE): | setup
+	$(BIN)/beha2vec synth --kind ga4 --users 300 --days 7 --personas 5 --seed 7 --workers 2 --out $(SAMPLE)
+
+run: setup $(SAMPLE)
+	$(BIN)/beha2vec --conf conf/local.yaml --lake $(LAKE) run --source ga4 $(SAMPLE)
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check lib jobs tests bench
+
+bench: setup
+	$(BIN)/python bench/sessionize.py
+
+clean:
+	rm -rf $(LAKE) data/sample spark-warehouse metastore_db .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path './$(VENV)/*' -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

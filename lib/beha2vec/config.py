@@ -1,0 +1,191 @@
+"""Typed configuration: built-in defaults, YAML files, then ``--set`` overrides.
+
+Every key is declared once here, with its type and default. A file or override that names an
+unknown key or gives a value of the wrong type fails with the key and where it came from, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key and its origin."""
+
+
+@dataclass
+class SparkConfig:
+    master: str = "local[2]"
+    app_name: str = "beha2vec"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = 8
+    arrow_batch_size: int = 10000
+    log_level: str = "WARN"
+    progress_bar: bool = True
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LakeConfig:
+    root: str = "lake"
+    route: str = "auto"
+    database: str = "beha2vec"
+
+
+@dataclass
+class IngestConfig:
+    max_line_bytes: int = 1_000_000
+    reject_raw_chars: int = 2000
+    min_date: str = "1990-01-01"
+    max_future_days: int = 2
+    max_duration_s: float = 86400.0
+    duration_cap_s: float = 300.0
+    split_bytes: int = 134_217_728
+    batch_rows: int = 20000
+
+
+@dataclass
+class SessionizeConfig:
+    gap_minutes: float = 30.0
+    unit: str = "auto"
+    visit_events: list[str] = field(default_factory=lambda: ["page_view", "screen_view"])
+    merge_repeats: bool = True
+    max_events: int = 1000
+    max_hours: float = 24.0
+    max_dwell_s: float = 1800.0
+    timezone: str = "UTC"
+    text_max_tokens: int = 256
+    tokenizer: str = "minilm"
+    bot_min_events: int = 50
+    bot_max_events_per_minute: float = 30.0
+    bot_max_gap_cv: float = 0.1
+
+
+@dataclass
+class Config:
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    lake: LakeConfig = field(default_factory=LakeConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    sessionize: SessionizeConfig = field(default_factory=SessionizeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Short stable hash of the effective configuration, recorded with every run."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _check_scalar(value: Any, kind: type) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, bool):
+        raise TypeError
+    if not isinstance(value, kind):
+        raise TypeError
+    return value
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """Return ``value`` if it fits ``annotation`` (ints widen to floats), else raise TypeError."""
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise TypeError
+        return [_check_scalar(v, item) for v in value]
+    if origin is dict:
+        _, item = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            raise TypeError
+        return {str(k): str(v) if item is str else _check_scalar(v, item) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0])
+    return _check_scalar(value, annotation)
+
+
+def _describe(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(annotation)[0])}s"
+    if origin is dict:
+        return "a mapping"
+    return _TYPE_NAMES.get(annotation, str(annotation))
+
+
+def _apply(section: Any, values: dict[str, Any], prefix: str, origin: str) -> None:
+    hints = typing.get_type_hints(type(section))
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in hints:
+            close = difflib.get_close_matches(key, list(hints), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"{origin}: unknown key '{dotted}'{hint}")
+        current = getattr(section, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: '{dotted}' must be a mapping of settings")
+            _apply(current, value, f"{dotted}.", origin)
+            continue
+        try:
+            setattr(section, key, _coerce(value, hints[key]))
+        except TypeError:
+            raise ConfigError(
+                f"{origin}: '{dotted}' must be {_describe(hints[key])}, "
+                f"got {value!r} ({type(value).__name__})"
+            ) from None
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    files: list[str | Path] | None = None,
+    overrides: list[str] | None = None,
+    lake_root: str | None = None,
+) -> Config:
+    """Build the effective configuration: defaults < files (in order) < ``--set`` < ``--lake``."""
+    config = Config()
+    for path in files or []:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"configuration file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        _apply(config, data, "", str(path))
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        _apply(config, _nest(key.strip(), value), "", f"--set {key.strip()}")
+    if lake_root:
+        config.lake.root = lake_root
+    return config

@@ -1,0 +1,131 @@
+"""Ingest: raw files of one source to candidate events, then to ``events`` and ``rejects``.
+
+``read_candidates`` is the only source-specific part; everything after it is shared. Every input
+record becomes exactly one row of ``events`` or ``rejects``: that is checked on every run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from beha2vec.config import IngestConfig
+from beha2vec.ingest import ga4, msnbc, normalize, tabular
+from beha2vec.ingest.files import (
+    InputError,
+    Split,
+    is_blank,
+    is_gzip,
+    is_parquet,
+    plan_splits,
+    resolve_paths,
+)
+from beha2vec.ingest.records import read_records
+from beha2vec.tables import EVENTS
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("ga4", "ga4-flat", "webtracking", "msnbc")
+FOLDER_MATCH = {
+    "ga4": (".json", ".jsonl", ".ndjson", ".parquet", "events_"),
+    "ga4-flat": (".csv",),
+    "webtracking": (".csv",),
+    "msnbc": (".seq",),
+}
+
+
+def read_candidates(spark: SparkSession, source: str, patterns: list[str], conf: IngestConfig) -> DataFrame:
+    """One candidate row per input record of ``source``, with provenance and text fields."""
+    if source not in SOURCES:
+        raise InputError(f"unknown source '{source}'; choose one of {', '.join(SOURCES)}")
+    paths = resolve_paths(patterns, FOLDER_MATCH[source])
+    blank = [p for p in paths if is_blank(p)]
+    for path in blank:
+        log.warning("skipping empty file %s", path)
+    paths = [p for p in paths if p not in blank]
+    if not paths:
+        raise InputError(f"all {len(blank)} input file(s) are empty: {', '.join(blank[:5])}")
+    if source == "ga4":
+        return _ga4(spark, paths, conf)
+    if source == "msnbc":
+        return _msnbc(spark, paths, conf)
+    layout = tabular.LAYOUTS[source]
+    headers = {p: layout.header_index(p) for p in paths}
+    records = read_records(
+        spark, "csv", plan_splits(paths, conf.split_bytes, splittable=False),
+        conf.max_line_bytes, conf.batch_rows, columns=layout.columns, headers=headers,
+    )
+    return tabular.candidates(records, layout)
+
+
+def _ga4(spark: SparkSession, paths: list[str], conf: IngestConfig) -> DataFrame:
+    parquet = [p for p in paths if is_parquet(p)]
+    text = [p for p in paths if p not in parquet]
+    frames = []
+    if text:
+        splits = plan_splits(text, conf.split_bytes, splittable=True)
+        frames.append(ga4.from_json_lines(
+            read_records(spark, "lines", splits, conf.max_line_bytes, conf.batch_rows)))
+    if parquet:
+        frames.append(ga4.from_parquet(spark.read.parquet(*parquet).select("*", "_metadata")))
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.unionByName(frame)
+    return out
+
+
+def _msnbc(spark: SparkSession, paths: list[str], conf: IngestConfig) -> DataFrame:
+    splits, first_lines, categories = [], {}, None
+    for path in paths:
+        compressed = is_gzip(path)
+        names, offset, first_line = msnbc.read_layout(path, compressed)
+        if categories is not None and names != categories:
+            raise InputError(f"{path}: its msnbc categories differ from those of {paths[0]}")
+        categories = names
+        splits.append(Split(path, offset, -1, compressed, first_line))
+        first_lines[path] = first_line
+    records = read_records(spark, "lines", splits, conf.max_line_bytes, conf.batch_rows)
+    return msnbc.candidates(records, categories or [], first_lines)
+
+
+def validate(candidates: DataFrame, conf: IngestConfig, now: dt.datetime) -> DataFrame:
+    """Typed candidates with ``reason`` and ``event_id``; ``raw`` kept only where rejected."""
+    typed = normalize.type_fields(candidates, conf, now)
+    typed = normalize.add_url_parts(typed)
+    typed = normalize.event_id(typed)
+    return typed.withColumn(
+        "raw", F.when(F.col("reason").isNotNull(), F.substring("raw", 1, conf.reject_raw_chars))
+    )
+
+
+def rank_duplicates(valid: DataFrame) -> DataFrame:
+    """``dup_rank`` 1 for the first occurrence of each event (by file and line), 2+ for copies."""
+    w = Window.partitionBy("event_id").orderBy("file", "line", "offset")
+    return valid.withColumn("dup_rank", F.row_number().over(w))
+
+
+def to_events(ranked: DataFrame, conf: IngestConfig) -> DataFrame:
+    first = normalize.finish(ranked.where(F.col("dup_rank") == 1))
+    first = normalize.derive_durations(first, conf.duration_cap_s)
+    return first.select(*EVENTS.fieldNames())
+
+
+def to_rejects(typed: DataFrame, ranked: DataFrame, run_id: str, conf: IngestConfig) -> DataFrame:
+    """Invalid records and duplicate copies, with provenance and reason."""
+    cols = ["source", "file", "line", "offset", "raw", "reason"]
+    invalid = typed.where(F.col("reason").isNotNull()).select(*cols)
+    event_json = F.to_json(F.struct(*[c for c in EVENTS.fieldNames() if c in ranked.columns and c != "raw"]))
+    duplicates = ranked.where(F.col("dup_rank") > 1).select(
+        "source", "file", "line", "offset",
+        F.substring(event_json, 1, conf.reject_raw_chars).alias("raw"),
+        F.concat(F.lit("exact duplicate of event "), F.col("event_id")).alias("reason"),
+    )
+    return invalid.unionByName(duplicates).select(
+        F.lit(run_id).alias("run_id"), F.lit("ingest").alias("stage"), *cols
+    )
+
+
+__all__ = ["SOURCES", "InputError", "read_candidates", "validate", "rank_duplicates", "to_events", "to_rejects"]

@@ -1,0 +1,112 @@
+"""GA4 BigQuery export (nested) to candidate events.
+
+``bq extract`` writes newline-delimited JSON with INT64 as strings, or parquet with native types.
+Both are parsed against one schema that reads every scalar as text, so a value is typed once, in
+:mod:`beha2vec.ingest.normalize`, where a bad value becomes a reject reason instead of an error.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+VALUE = "struct<string_value string, int_value string, float_value string, double_value string>"
+RAW_SCHEMA = (
+    "event_date string, event_timestamp string, event_name string, "
+    f"event_params array<struct<key string, value {VALUE}>>, "
+    "user_id string, user_pseudo_id string, "
+    "device struct<category string, mobile_brand_name string, mobile_model_name string, "
+    "operating_system string, language string, "
+    "web_info struct<browser string, browser_version string, hostname string>>, "
+    "geo struct<continent string, country string, region string, city string>, "
+    "traffic_source struct<name string, medium string, source string>, "
+    "ecommerce struct<transaction_id string, purchase_revenue_in_usd string>, "
+    "items array<struct<item_id string, item_name string, item_category string, "
+    "price_in_usd string, quantity string, item_revenue_in_usd string>>, "
+    "_corrupt_record string"
+)
+
+
+def param(name: str) -> Column:
+    """The set value of event parameter ``name`` (string, int, double or float), as text."""
+    match = F.try_element_at(F.filter("e.event_params", lambda p: p["key"] == F.lit(name)), F.lit(1))
+    v = match["value"]
+    return F.coalesce(v["string_value"], v["int_value"], v["double_value"], v["float_value"])
+
+
+def _items() -> Column:
+    return F.transform(
+        "e.items",
+        lambda i: F.struct(
+            i["item_id"].alias("item_id"),
+            i["item_name"].alias("item_name"),
+            i["item_category"].alias("item_category"),
+            i["price_in_usd"].try_cast("double").alias("price_usd"),
+            i["quantity"].try_cast("long").alias("quantity"),
+            i["item_revenue_in_usd"].try_cast("double").alias("revenue_usd"),
+        ),
+    )
+
+
+def from_json_lines(records: DataFrame) -> DataFrame:
+    """Candidate events from NDJSON records (one GA4 event per line)."""
+    parsed = records.withColumn(
+        "e",
+        F.when(
+            F.col("error").isNull(),
+            F.from_json("raw", RAW_SCHEMA, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt_record"}),
+        ),
+    )
+    partial = F.coalesce(F.col("e.event_timestamp"), F.col("e.user_pseudo_id"), F.col("e.event_name"))
+    parse_error = (
+        F.when(F.col("error").isNotNull(), F.col("error"))
+        .when(F.col("e.event_timestamp").isNull() & F.col("e._corrupt_record").isNotNull() & partial.isNull(),
+              F.lit("malformed JSON (truncated, invalid or not an object)"))
+        .when(F.col("e._corrupt_record").isNotNull(), F.lit("JSON field of the wrong type"))
+    )
+    return _candidates(parsed, parse_error)
+
+
+def from_parquet(df: DataFrame) -> DataFrame:
+    """Candidate events from a parquet export: re-read through the JSON schema for one typing path."""
+    present = [c for c in df.columns if not c.startswith("_")]
+    records = df.select(
+        F.col("_metadata.file_path").alias("file"),
+        F.lit(None).cast("long").alias("line"),
+        F.col("_metadata.row_index").alias("offset"),
+        F.to_json(F.struct(*[F.col(f"`{c}`") for c in present])).alias("raw"),
+        F.lit(None).cast("string").alias("error"),
+    )
+    return from_json_lines(records)
+
+
+def _candidates(parsed: DataFrame, parse_error: Column) -> DataFrame:
+    e = "e."
+    return parsed.select(
+        "file", "line", "offset", "raw",
+        parse_error.alias("parse_error"),
+        F.lit("ga4").alias("source"),
+        F.col(e + "user_pseudo_id").alias("user_id"),
+        F.col(e + "event_timestamp").alias("ts_raw"),
+        F.col(e + "event_name").alias("event_name"),
+        param("page_location").alias("url"),
+        F.lit(None).cast("string").alias("domain_raw"),
+        param("page_title").alias("page_title"),
+        param("page_referrer").alias("referrer"),
+        param("ga_session_id").alias("ga_session_id"),
+        param("engagement_time_msec").alias("engagement_raw"),
+        F.lit(None).cast("string").alias("duration_raw"),
+        F.col(e + "device.category").alias("device_category"),
+        F.col(e + "device.web_info.browser").alias("browser"),
+        F.col(e + "device.operating_system").alias("os"),
+        F.col(e + "device.mobile_brand_name").alias("mobile_brand"),
+        F.col(e + "device.mobile_model_name").alias("mobile_model"),
+        F.col(e + "geo.country").alias("country"),
+        F.col(e + "geo.region").alias("region"),
+        F.col(e + "geo.city").alias("city"),
+        F.col(e + "traffic_source.source").alias("traffic_source"),
+        F.col(e + "traffic_source.medium").alias("traffic_medium"),
+        F.col(e + "ecommerce.transaction_id").alias("transaction_id"),
+        F.col(e + "ecommerce.purchase_revenue_in_usd").alias("revenue_raw"),
+        _items().alias("items"),
+    )

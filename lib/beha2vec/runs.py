@@ -1,0 +1,85 @@
+"""The ``runs`` table: one row per stage run, with row counts that must add up.
+
+A stage reports ``rows_in``, ``rows_out`` and ``rows_rejected``; a run whose counts do not satisfy
+in = out + rejected is recorded as failed, because a row went missing somewhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from beha2vec import __version__
+from beha2vec.config import Config
+from beha2vec.lake import Lake
+from beha2vec.tables import RUNS
+
+log = logging.getLogger(__name__)
+
+
+class ConservationError(RuntimeError):
+    """A stage's counts do not add up: rows were lost or invented."""
+
+
+@dataclass
+class Run:
+    stage: str
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_rejected: int = 0
+    details: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.rows_in != self.rows_out + self.rows_rejected:
+            raise ConservationError(
+                f"stage {self.stage}: {self.rows_in} rows in but {self.rows_out} out + "
+                f"{self.rows_rejected} rejected"
+            )
+
+
+@cache
+def code_version() -> str:
+    """The package version, plus the git commit when running from a checkout."""
+    try:
+        root = Path(__file__).resolve().parents[2]
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+@contextmanager
+def recorded(lake: Lake, config: Config, stage: str) -> Iterator[Run]:
+    """Record a stage run in ``runs``: ok with checked counts, or failed with the error."""
+    run = Run(stage)
+    status = "failed"
+    try:
+        yield run
+        run.check()
+        status = "ok"
+    except BaseException as exc:
+        run.details["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        raise
+    finally:
+        row = (
+            run.run_id, stage, run.started_at, dt.datetime.now(dt.UTC), status,
+            run.rows_in, run.rows_out, run.rows_rejected, config.hash(), code_version(),
+            json.dumps(run.details, default=str, sort_keys=True),
+        )
+        try:
+            lake.write(lake.spark.createDataFrame([row], RUNS), "runs", mode="append")
+        except Exception as exc:  # the stage's own outcome matters more than its record
+            log.error("could not record run %s of %s: %s", run.run_id, stage, exc)

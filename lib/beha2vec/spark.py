@@ -1,0 +1,71 @@
+"""The one Spark session factory, for local mode and for clusters.
+
+The settings here are the ones the lake relies on: UTC session time, Arrow transfers, and
+parquet timestamps written as TIMESTAMP_MICROS so delta-rs commits plain ``timestamp`` columns.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from beha2vec.config import SparkConfig
+
+FIXED_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.parquet.int96RebaseModeInWrite": "CORRECTED",
+    "spark.sql.parquet.datetimeRebaseModeInWrite": "CORRECTED",
+    "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+    "spark.sql.sources.partitionOverwriteMode": "static",
+    "spark.ui.enabled": "false",
+}
+
+
+def _prepare_environment() -> None:
+    """Workers must run this interpreter; loopback only when running locally."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+
+
+def get_spark(conf: SparkConfig) -> SparkSession:
+    """Return the active session or build one from ``conf``.
+
+    Under ``spark-submit`` the master comes from the command line; ``conf.master`` applies only
+    when no master was given.
+    """
+    _prepare_environment()
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    builder = SparkSession.builder.appName(conf.app_name)
+    if not _under_spark_submit():
+        builder = builder.master(conf.master)
+        builder = builder.config("spark.driver.memory", conf.driver_memory)
+    log_conf = Path(__file__).with_name("data") / "log4j2.properties"
+    settings = {
+        **FIXED_CONF,
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log_conf.as_uri()}",
+        "spark.executor.extraJavaOptions": f"-Dlog4j2.configurationFile={log_conf.as_uri()}",
+        "spark.sql.shuffle.partitions": str(conf.shuffle_partitions),
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(conf.arrow_batch_size),
+        "spark.ui.showConsoleProgress": str(conf.progress_bar).lower(),
+        **conf.extra,
+    }
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(conf.log_level)
+    return spark
+
+
+def _under_spark_submit() -> bool:
+    """spark-submit starts the JVM first and hands its gateway port to the Python driver."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ

@@ -1,0 +1,88 @@
+"""Read-only SQL over every lake table, and printing results for people and for programs."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import pandas as pd
+from pyspark.sql import DataFrame
+
+from beha2vec.lake import Lake
+
+READ_ONLY = re.compile(r"^\s*(\(\s*)*(select|with|show|describe|desc|explain|values|table)\b", re.I)
+FORMATS = ("table", "csv", "json")
+
+
+class SqlError(ValueError):
+    """The statement is not a read-only query, or it failed."""
+
+
+def register_views(lake: Lake) -> list[str]:
+    """Every table in the lake as a temporary view of the same name."""
+    names = [t.name for t in lake.tables()]
+    for name in names:
+        lake.read(name).createOrReplaceTempView(name)
+    return names
+
+
+def query(lake: Lake, statement: str) -> DataFrame:
+    """Run one read-only statement over the lake's tables."""
+    if not READ_ONLY.match(statement) or ";" in statement.strip().rstrip(";"):
+        raise SqlError("only one read-only statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN) is allowed")
+    register_views(lake)
+    try:
+        return lake.spark.sql(statement.strip().rstrip(";"))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SqlError(first) from None
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "NULL"
+    if isinstance(value, (list, dict)) or hasattr(value, "tolist"):
+        return json.dumps(value.tolist() if hasattr(value, "tolist") else value, default=str)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _json_value(value):
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def format_table(frame: pd.DataFrame, max_width: int = 60) -> str:
+    """An aligned text table: numbers right, text left, long cells cut."""
+    cols = list(frame.columns)
+    cells = [[_cell(v) for v in row] for row in frame.itertuples(index=False, name=None)]
+    cells = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in row] for row in cells]
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in cols]
+    widths = [max([len(str(c))] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+
+    def line(values: list[str]) -> str:
+        return " | ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True))
+
+    rule = "-+-".join("-" * w for w in widths)
+    body = [line(r) for r in cells]
+    footer = f"({len(cells)} row{'s' if len(cells) != 1 else ''})"
+    return "\n".join([line([str(c) for c in cols]), rule, *body, footer])
+
+
+def render(frame: pd.DataFrame, fmt: str) -> str:
+    if fmt == "table":
+        return format_table(frame)
+    if fmt == "csv":
+        out = io.StringIO()
+        frame.map(lambda v: _cell(v) if isinstance(v, (list, dict)) or hasattr(v, "tolist") else v) \
+            .to_csv(out, index=False)
+        return out.getvalue().rstrip("\n")
+    if fmt == "json":
+        records = frame.to_dict(orient="records")
+        return json.dumps(records, default=_json_value, ensure_ascii=False)
+    raise SqlError(f"--format must be one of {', '.join(FORMATS)}")

@@ -1,0 +1,134 @@
+"""The lake's tables: one place for every table name, schema and partitioning.
+
+All columns are nullable in the stored schema so that appends never flip nullability; keys are
+checked by the stages that produce them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pyspark.sql import types as T
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    schema: T.StructType
+    doc: str
+    partition_by: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _s(*fields: tuple[str, T.DataType]) -> T.StructType:
+    return T.StructType([T.StructField(n, t, True) for n, t in fields])
+
+
+ITEM = _s(
+    ("item_id", T.StringType()),
+    ("item_name", T.StringType()),
+    ("item_category", T.StringType()),
+    ("price_usd", T.DoubleType()),
+    ("quantity", T.LongType()),
+    ("revenue_usd", T.DoubleType()),
+)
+
+EVENTS = _s(
+    ("event_id", T.StringType()),
+    ("source", T.StringType()),
+    ("user_id", T.StringType()),
+    ("event_ts", T.TimestampType()),
+    ("event_date", T.DateType()),
+    ("event_name", T.StringType()),
+    ("url", T.StringType()),
+    ("host", T.StringType()),
+    ("domain", T.StringType()),
+    ("path", T.StringType()),
+    ("page_title", T.StringType()),
+    ("referrer", T.StringType()),
+    ("ga_session_id", T.StringType()),
+    ("engagement_ms", T.LongType()),
+    ("duration_s", T.DoubleType()),
+    ("device_category", T.StringType()),
+    ("browser", T.StringType()),
+    ("os", T.StringType()),
+    ("mobile_brand", T.StringType()),
+    ("mobile_model", T.StringType()),
+    ("country", T.StringType()),
+    ("region", T.StringType()),
+    ("city", T.StringType()),
+    ("traffic_source", T.StringType()),
+    ("traffic_medium", T.StringType()),
+    ("transaction_id", T.StringType()),
+    ("purchase_revenue_usd", T.DoubleType()),
+    ("items", T.ArrayType(ITEM, True)),
+    ("src_file", T.StringType()),
+    ("src_line", T.LongType()),
+)
+
+REJECTS = _s(
+    ("run_id", T.StringType()),
+    ("stage", T.StringType()),
+    ("source", T.StringType()),
+    ("file", T.StringType()),
+    ("line", T.LongType()),
+    ("offset", T.LongType()),
+    ("raw", T.StringType()),
+    ("reason", T.StringType()),
+)
+
+SESSIONS = _s(
+    ("session_id", T.StringType()),
+    ("user_id", T.StringType()),
+    ("source", T.StringType()),
+    ("session_no", T.LongType()),
+    ("start_ts", T.TimestampType()),
+    ("end_ts", T.TimestampType()),
+    ("n_events", T.LongType()),
+    ("n_visits", T.LongType()),
+    ("duration_s", T.DoubleType()),
+    ("engagement_s", T.DoubleType()),
+    ("domains", T.ArrayType(T.StringType(), True)),
+    ("urls", T.ArrayType(T.StringType(), True)),
+    ("visit_ts", T.ArrayType(T.TimestampType(), True)),
+    ("dwell_s", T.ArrayType(T.DoubleType(), True)),
+    ("ga_session_id", T.StringType()),
+    ("sequence_text", T.StringType()),
+    ("text_tokens", T.IntegerType()),
+    ("text_truncated", T.BooleanType()),
+    ("is_capped", T.BooleanType()),
+    ("is_bot", T.BooleanType()),
+    ("bot_reason", T.StringType()),
+)
+
+RUNS = _s(
+    ("run_id", T.StringType()),
+    ("stage", T.StringType()),
+    ("started_at", T.TimestampType()),
+    ("finished_at", T.TimestampType()),
+    ("status", T.StringType()),
+    ("rows_in", T.LongType()),
+    ("rows_out", T.LongType()),
+    ("rows_rejected", T.LongType()),
+    ("config_hash", T.StringType()),
+    ("code_version", T.StringType()),
+    ("details", T.StringType()),
+)
+
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (
+        TableSpec("events", EVENTS, "one typed, de-duplicated row per input event",
+                  partition_by=("source",)),
+        TableSpec("rejects", REJECTS, "every input record that did not become an event, with why",
+                  partition_by=("stage", "source")),
+        TableSpec("sessions", SESSIONS, "per-user visit sequences cut by inactivity or session id"),
+        TableSpec("runs", RUNS, "one row per stage run, with conserved row counts"),
+    )
+}
+
+
+def spec(name: str) -> TableSpec:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown table '{name}'; known tables: {', '.join(sorted(TABLES))}") from None
