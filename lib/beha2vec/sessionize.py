@@ -95,16 +95,23 @@ def assign_sessions(events: DataFrame, conf: SessionizeConfig) -> DataFrame:
 
 
 def number_visits(events: DataFrame, conf: SessionizeConfig) -> DataFrame:
-    """``visit_no`` per user: a new visit at each page view, unless it repeats the previous unit."""
+    """``visit_no`` per user: a new visit at each page view, unless it repeats the previous unit.
+
+    A merged repeat keeps the time since the page view before it (capped) as ``inner_us``, so a
+    merged visit's dwell covers its repeats.
+    """
     w = _user_order()
     before = w.rowsBetween(Window.unboundedPreceding, -1)
-    prev_unit = F.last(F.when(F.col("is_visit"), F.col("unit")), ignorenulls=True).over(before)
-    prev_session = F.last(F.when(F.col("is_visit"), F.col("session_no")), ignorenulls=True).over(before)
-    repeat = (prev_unit == F.col("unit")) & (prev_session == F.col("session_no"))
+    prev_visit = lambda col: F.last(F.when(F.col("is_visit"), F.col(col)), ignorenulls=True).over(before)  # noqa: E731
+    repeat = (prev_visit("unit") == F.col("unit")) & (prev_visit("session_no") == F.col("session_no"))
     if not conf.merge_repeats:
         repeat = F.lit(False)
-    new_visit = F.col("is_visit") & ~F.coalesce(repeat, F.lit(False))
-    return events.withColumn("visit_no", F.sum(new_visit.cast("long")).over(_running(w)))
+    repeat = F.col("is_visit") & F.coalesce(repeat, F.lit(False))
+    inner = F.least(F.col("t") - prev_visit("t"), F.lit(conf.max_dwell_s * US))
+    return (
+        events.withColumn("visit_no", F.sum((F.col("is_visit") & ~repeat).cast("long")).over(_running(w)))
+        .withColumn("inner_us", F.when(repeat, inner))
+    )
 
 
 def to_visits(events: DataFrame) -> DataFrame:
@@ -115,6 +122,8 @@ def to_visits(events: DataFrame) -> DataFrame:
         F.max("idle_no").alias("idle_no"),
         F.max(F.col("is_visit").cast("int")).cast("boolean").alias("has_visit"),
         F.min(F.when(F.col("is_visit"), F.col("t"))).alias("visit_t"),
+        F.max(F.when(F.col("is_visit"), F.col("t"))).alias("last_visit_t"),
+        (F.coalesce(F.sum("inner_us"), F.lit(0)) / US).alias("inner_s"),
         F.min("t").alias("first_t"),
         F.max(F.col("t") + F.coalesce(F.col("duration_s"), F.lit(0.0)) * US).alias("last_end"),
         F.min_by("unit", F.when(F.col("is_visit"), F.col("t"))).alias("unit"),
@@ -133,15 +142,19 @@ def to_visits(events: DataFrame) -> DataFrame:
 
 
 def add_dwell(visits: DataFrame, conf: SessionizeConfig) -> DataFrame:
-    """Dwell per visit: measured duration, else GA4 engagement, else time to the next visit."""
+    """Dwell per visit: measured duration, else GA4 engagement, else time to the next visit.
+
+    Time to the next visit is capped at ``max_dwell_s`` per page view; the last visit of a
+    session with nothing measured gets only the time between its merged repeats.
+    """
     w = Window.partitionBy("user_id", "session_no").orderBy("visit_t")
     next_t = F.lead("visit_t").over(w)
-    to_next = F.when(next_t.isNotNull(), F.least((next_t - F.col("visit_t")) / US, F.lit(conf.max_dwell_s)))
+    to_next = F.when(next_t.isNotNull(),
+                     F.least((next_t - F.col("last_visit_t")) / US, F.lit(conf.max_dwell_s)))
     dwell = F.coalesce(
         F.col("explicit_s"),
         F.when(F.col("engagement_s") > 0, F.col("engagement_s")),
-        to_next,
-        F.lit(0.0),
+        F.col("inner_s") + F.coalesce(to_next, F.lit(0.0)),
     )
     return visits.withColumn("dwell", F.when(F.col("has_visit"), dwell))
 

@@ -68,8 +68,11 @@ CATEGORIES = (
     "longtail",
 )
 DEVICES = ("desktop", "mobile", "tablet")
-_WANDER = np.array([i for i, s in enumerate(SECTIONS) if s not in ("cart", "checkout", "confirmation")])
-_QUERY_SECTIONS = np.array([i for i, s in enumerate(SECTIONS) if s == "sale" or s[:4] in ("cat_", "prod")])
+# sections a user wanders into off-persona (the purchase funnel is reached only on purpose)
+_WANDER = np.array([i for i, s in enumerate(SECTIONS)
+                    if s not in ("cart", "checkout", "confirmation")])
+_QUERY_SECTIONS = np.array([i for i, s in enumerate(SECTIONS)
+                            if s == "sale" or s.startswith(("cat_", "prod_"))])
 _PRODUCT_IDS = np.array([SECTIONS.index(s) for s in PRODUCT_SECTIONS])
 _CHECKOUT = SECTIONS.index("checkout")
 _LONGTAIL = CATEGORIES.index("longtail")
@@ -119,7 +122,8 @@ PERSONAS: tuple[Persona, ...] = (
     Persona(
         "bargain_hunter",
         {"sale": .36, "search": .14, "cat_apparel": .06, "cat_electronics": .05, "cat_home": .05,
-         "prod_apparel": .08, "prod_electronics": .06, "prod_home": .06, "cart": .07, "account": .04,
+         "prod_apparel": .08, "prod_electronics": .06, "prod_home": .06, "cart": .07,
+         "account": .04,
          "home": .03},
         {"shopping": .45, "deals": .3, "search": .15, "social": .1},
         ((12.5, 1.0, .3), (20.5, 1.5, .5)), ((11.0, 2.0, .5), (16.0, 2.0, .4)),
@@ -248,7 +252,7 @@ _VERBS = ("warns over", "unveils", "delays", "wins", "faces", "backs", "cuts", "
 _OBJECTS = ("new budget plan", "rate cut", "record heatwave", "transfer deadline", "late comeback",
             "\"no U-turn\" pledge", "merger talks", "supply shortages", "cup final",
             "green energy push", "job cuts", "price war")
-_QUERIES = ("in-page", "sort=price_asc", "sort=newest", "page=2", "page=3", "color=black",
+_QUERIES = ("", "sort=price_asc", "sort=newest", "page=2", "page=3", "color=black",
             "size=m", "ref=nav", "ref=home_banner")
 
 
@@ -382,7 +386,8 @@ _WEB: dict[str, tuple[_Site, ...]] = {
         ("netflix.com", 3, ("www.netflix.com/browse", "www.netflix.com/watch/{n}",
                             "www.netflix.com/title/{n}")),
         ("twitch.tv", 1.5, ("www.twitch.tv/{user}", "www.twitch.tv/videos/{n}")),
-        ("spotify.com", 1.5, ("open.spotify.com/track/{code}{code}", "open.spotify.com/playlist/{code}")),
+        ("spotify.com", 1.5, ("open.spotify.com/track/{code}{code}",
+                              "open.spotify.com/playlist/{code}")),
         ("disneyplus.com", 1, ("www.disneyplus.com/series/{slug}/{c}",)),
         ("primevideo.com", 1, ("www.primevideo.com/detail/{c}/",)),
     ),
@@ -408,7 +413,8 @@ _WEB: dict[str, tuple[_Site, ...]] = {
     ),
     "search": (
         ("google.com", 6, ("www.google.com/search?q={q}", "www.google.com/search?q={q}&hl=en",
-                           "mail.google.com/mail/u/0/#inbox", "docs.google.com/document/d/{code}/edit",
+                           "mail.google.com/mail/u/0/#inbox",
+                           "docs.google.com/document/d/{code}/edit",
                            "www.google.com/maps/place/{W}")),
         ("bing.com", 1, ("www.bing.com/search?q={q}",)),
         ("duckduckgo.com", 1, ("duckduckgo.com/?q={q}",)),
@@ -430,7 +436,6 @@ class _SiteVocab:
     section_of: np.ndarray
     product_of: np.ndarray  # product index, -1 for other pages
     cum: np.ndarray  # section s's pages cover (s, s + 1]: a page is searchsorted(cum, s + u)
-    has_query: np.ndarray
     items: list[str]  # '{"item_id":...,"price_in_usd":P' of each product, without its close
     prices: np.ndarray
     product_cum: np.ndarray
@@ -489,7 +494,8 @@ def _site() -> _SiteVocab:
                               "tech-week", "home-refresh", "outdoor-season", "members-only")):
         pages["sale"].append((f"/sale/{deal}", f"{_title(deal)} – up to {20 + 5 * k}% off"))
     for category, (nouns, median, sigma) in _PRODUCTS.items():
-        pages[f"cat_{category}"].append((f"/category/{category}", f"{category.title()} | Example Shop"))
+        pages[f"cat_{category}"].append(
+            (f"/category/{category}", f"{category.title()} | Example Shop"))
         for sub in ("men", "women", "kids", "new-in", "bestsellers", "accessories"):
             pages[f"cat_{category}"].append(
                 (f"/category/{category}/{sub}", f"{_title(sub)} {category} | Example Shop"))
@@ -506,7 +512,7 @@ def _site() -> _SiteVocab:
             prices.append(price)
             pages[f"prod_{category}"].append(
                 (f"/product/{adjective}-{noun}-{item_id.lower()}", f"{name} | Example Shop"))
-        for k in range(20):
+        for _ in range(20):
             words = f"{pick(_ADJECTIVES)}+{pick(nouns)}".replace("-", "+")
             pages["search"].append((f"/search?q={words}",
                                     f'Search results for "{words.replace("+", " ")}"'))
@@ -553,7 +559,7 @@ def _site() -> _SiteVocab:
     return _SiteVocab(
         paths=paths, titles=titles, section_of=np.array(section_of),
         product_of=np.array(product_of), cum=_stack_cum(weights),
-        has_query=np.array(["?" in p for p in paths]), items=items, prices=np.array(prices),
+        items=items, prices=np.array(prices),
         product_cum=_stack_cum([product_weights]),
         cart=paths.index("/cart"), checkout=paths.index("/checkout"),
         confirmation=paths.index("/checkout/confirmation"),
@@ -730,7 +736,7 @@ def _plan(spec: _Spec) -> _Plan:
         pages=pages, number=prior[user] + rank + 1, ordinal=rank + 1,
         first_visit=~returning[user] & first, bundle=prior_bundles[user] + before - before[head],
         limit=limit,
-        blocks=np.searchsorted(user, np.arange(0, n + BLOCK_USERS, BLOCK_USERS)[: _n_blocks(n) + 1]),
+        blocks=np.searchsorted(user, np.arange(_n_blocks(n) + 1) * BLOCK_USERS),
     )
 
 
@@ -819,7 +825,7 @@ class _Pages:
 
 @functools.cache
 def _query_strings() -> tuple[str, ...]:
-    return ("",) + _QUERIES[1:] + tuple(s.query for s in _SOURCES)
+    return _QUERIES + tuple(s.query for s in _SOURCES)
 
 
 def _segment_offsets(step: np.ndarray, first: np.ndarray, ps: np.ndarray) -> np.ndarray:
@@ -829,6 +835,8 @@ def _segment_offsets(step: np.ndarray, first: np.ndarray, ps: np.ndarray) -> np.
 
 
 def _draw_pages(spec: _Spec, plan: _Plan, users: _Users, day: int, block: int) -> _Pages:
+    """Everything random about the pages, drawn in one fixed order from (seed, day, block):
+    the file of day ``d`` and the one of ``d + 1`` (for sessions past midnight) agree."""
     rng = np.random.default_rng([spec.seed, _DRAW, day, block])
     lo, hi = plan.blocks[block], plan.blocks[block + 1]
     sessions = lo + np.flatnonzero(plan.day[lo:hi] == day)
@@ -879,7 +887,8 @@ def _draw_pages(spec: _Spec, plan: _Plan, users: _Users, day: int, block: int) -
         funnel_item = item[np.arange(size) - np.where(funnel, 3 - back, 0)]
         item = np.where(item >= 0, item, np.where(funnel, funnel_item, fallback))
         on_query = (u[3] < _QUERY_RATE) & np.isin(site.section_of[page], _QUERY_SECTIONS)
-        query = np.where(on_query, 1 + (u[3] / _QUERY_RATE * (len(_QUERIES) - 1)).astype(np.int64), 0)
+        in_page = 1 + (u[3] / _QUERY_RATE * (len(_QUERIES) - 1)).astype(np.int64)
+        query = np.where(on_query, in_page, 0)
         campaign = np.array([bool(s.query) for s in _SOURCES])[channel[ps]] & (ordinal == 0)
         query = np.where(campaign, len(_QUERIES) + channel[ps], query)
         is_product = site.product_of[page] >= 0
@@ -899,9 +908,8 @@ def _draw_pages(spec: _Spec, plan: _Plan, users: _Users, day: int, block: int) -
         engagement_ms = (dwell_s * 1000 * (0.55 + 0.45 * u[7])).astype(np.int64)
     else:
         web = _web()
-        others = len(CATEGORIES) - 1
-        wander = np.where(u[1] < _LONGTAIL_NOISE, _LONGTAIL,
-                          ((u[1] - _LONGTAIL_NOISE) / (1 - _LONGTAIL_NOISE) * others).astype(np.int64))
+        listed = ((u[1] - _LONGTAIL_NOISE) / (1 - _LONGTAIL_NOISE) * _LONGTAIL).astype(np.int64)
+        wander = np.where(u[1] < _LONGTAIL_NOISE, _LONGTAIL, listed)
         page = np.searchsorted(web.cum, np.where(noise, wander, choice) + u[2], side="right")
         active = np.where(u[6] < _EMPTY_ACTIVE, -1,
                           np.round(dwell_s * (0.3 + 0.7 * u[7])).astype(np.int64))
@@ -936,7 +944,7 @@ class _Events:
 
 
 def _events(spec: _Spec, plan: _Plan, pages: _Pages) -> _Events:
-    """GA4: the events each page view fires, timed inside its dwell. Web tracking: one row a page."""
+    """GA4: the events each page view fires, timed within its dwell. Web tracking: a row a page."""
     if spec.kind != "ga4":
         return _Events(np.arange(len(pages.ts)), np.full(len(pages.ts), _PAGE_VIEW), pages.ts)
     first = pages.ordinal == 0
@@ -993,7 +1001,7 @@ _SCROLLED = _param("percent_scrolled", "int_value", '"90"')
 _CURRENCY = _param("currency", "string_value", '"USD"')
 
 
-def _ga4_lines(spec: _Spec, plan: _Plan, users: _Users, pages: _Pages, events: _Events,
+def _ga4_lines(plan: _Plan, users: _Users, pages: _Pages, events: _Events,
                ymd: str) -> list[str]:
     """One NDJSON line per event, as ``bq extract`` writes the GA4 export (INT64 as strings)."""
     site = _site()
@@ -1092,7 +1100,8 @@ def _webtracking_lines(plan: _Plan, users: _Users, pages: _Pages, events: _Event
     """One CSV row per visit: ``panelist_id,used_at,url,domain,active_seconds,device``."""
     web = _web()
     idx = events.page
-    used_at = np.datetime_as_string((events.ts // 1000).astype("datetime64[ms]"), unit="ms").tolist()
+    ms = (events.ts // 1000).astype("datetime64[ms]")
+    used_at = np.datetime_as_string(ms, unit="ms").tolist()
     ps = pages.ps[idx]
     user = (plan.user[pages.sessions][ps] - users.lo).tolist()
     device = pages.device[ps].tolist()
@@ -1136,13 +1145,17 @@ def _day_name(kind: str, day: int) -> str:
 
 @dataclass(frozen=True)
 class _DayResult:
+    """What a (possibly remote) day task hands back: its file, event count and truth rows."""
+
     path: str
     events: int
     truth: str
 
 
-def _day_blocks(spec: _Spec, plan: _Plan, day: int) -> Iterator[tuple[list[str], str]]:
-    """Per block of users: the day's lines (lightly shuffled) and its sessions' truth rows."""
+def _day_blocks(spec: _Spec, plan: _Plan, day: int) -> Iterator[tuple[list[bytes], str]]:
+    """Per block of users: the day's lines (lightly shuffled, encoded one by one, which is far
+    cheaper than encoding a joined string that mixes ASCII and other text) and its sessions'
+    truth rows."""
     day_start = _START_US + day * _DAY
     ymd = (START + timedelta(days=day)).strftime("%Y%m%d")
     for block in range(_n_blocks(spec.users)):
@@ -1157,14 +1170,14 @@ def _day_blocks(spec: _Spec, plan: _Plan, day: int) -> Iterator[tuple[list[str],
                 truth = _truth_rows(spec, plan, users, pages, events)
             chosen = _take(events, (events.ts >= day_start) & (events.ts < day_start + _DAY))
             if spec.kind == "ga4":
-                lines += _ga4_lines(spec, plan, users, pages, chosen, ymd)
+                lines += _ga4_lines(plan, users, pages, chosen, ymd)
             else:
                 lines += _webtracking_lines(plan, users, pages, chosen)
             keys.append(chosen.ts)
         key = np.concatenate(keys)
         rng = np.random.default_rng([spec.seed, _SHUFFLE, day, block])
         order = np.argsort(key + rng.integers(0, _JITTER, len(key)), kind="stable")
-        yield [lines[i] for i in order.tolist()], truth
+        yield [lines[i].encode() for i in order.tolist()], truth
 
 
 def _write_day(spec: _Spec, plan: _Plan, out: Path, day: int) -> _DayResult:
@@ -1179,7 +1192,7 @@ def _write_day(spec: _Spec, plan: _Plan, out: Path, day: int) -> _DayResult:
         if spec.kind != "ga4":
             sink.write(b"panelist_id,used_at,url,domain,active_seconds,device\n")
         for lines, rows in _day_blocks(spec, plan, day):
-            sink.write("".join(lines).encode())
+            sink.write(b"".join(lines))
             count += len(lines)
             truth.append(rows)
         if sink is not raw:
@@ -1203,34 +1216,54 @@ def _worker_day(job: tuple[str, int]) -> _DayResult:
     return _write_day(spec, plan, Path(job[0]), job[1])
 
 
+def _integer(name: str, value: object, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    return int(value)
+
+
 def _check(kind: str, users: int, days: int, personas: int, seed: int, workers: int) -> _Spec:
+    """Validated arguments, before anything is written."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}")
-    for name, value in (("users", users), ("days", days), ("personas", personas),
-                        ("workers", workers)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if personas > len(PERSONAS):
+    spec = _Spec(kind, _integer("users", users, 1), _integer("days", days, 1),
+                 _integer("personas", personas, 1), _integer("seed", seed, 0))
+    _integer("workers", workers, 1)
+    if spec.personas > len(PERSONAS):
         raise ValueError(f"personas must be at most {len(PERSONAS)} (the persona templates: "
                          f"{', '.join(p.name for p in PERSONAS)}), got {personas}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    return _Spec(kind, users, days, personas, seed)
+    return spec
+
+
+TRUTH_DIR = "_truth"
 
 
 def synth(kind: str, users: int, days: int, personas: int, seed: int, out: str | Path,
           workers: int = 1) -> SynthSummary:
-    """Write synthetic ``kind`` data ("ga4" or "webtracking") for ``users`` users over ``days``
-    days from 2024-03-01 UTC into ``out``, with truth files; same arguments, same bytes.
+    """Write synthetic ``kind`` data for ``users`` users over ``days`` days from 2024-03-01 UTC
+    into ``out`` (created if missing); the same arguments always give the same bytes.
 
-    ``workers`` > 1 writes day files in parallel processes; the output does not change.
+    * ``ga4``: ``events_YYYYMMDD.json.gz``, the GA4 export as ``bq extract`` writes
+      newline-delimited JSON (INT64 as strings, FLOAT64 as numbers, nulls left out);
+    * ``webtracking``: ``tracking_YYYYMMDD.csv`` with
+      ``panelist_id,used_at,url,domain,active_seconds,device``;
+    * both, in ``out/_truth/``: ``truth_users.csv`` (user_id, persona) and
+      ``truth_sessions.csv`` (user_id, session_no counted within the window, ga_session_id
+      (ga4 only), start_ts and end_ts as the session's first and last event in ISO UTC,
+      n_pageviews).
+
+    The truth folder starts with ``_``, so ingesting the whole ``out`` folder skips it.
+    Files of other runs in ``out`` are left alone. ``workers`` > 1 writes day files in parallel
+    processes (spawned, so safe anywhere); the output does not change.
     """
     spec = _check(kind, users, days, personas, seed, workers)
+    users, days = spec.users, spec.days
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     plan = _plan(spec)
 
-    truth_users = folder / "truth_users.csv"
+    (folder / TRUTH_DIR).mkdir(exist_ok=True)
+    truth_users = folder / TRUTH_DIR / "truth_users.csv"
     with open(truth_users, "w", encoding="utf-8", newline="") as f:
         f.write("user_id,persona\n")
         ids = (_user_id(kind, c, t) for c, t in zip(plan.client.tolist(), plan.first_touch.tolist(),
@@ -1238,7 +1271,7 @@ def synth(kind: str, users: int, days: int, personas: int, seed: int, out: str |
         f.writelines(f"{i},{PERSONAS[p].name}\n" for i, p in zip(ids, plan.persona.tolist(),
                                                                  strict=True))
 
-    truth_sessions = folder / "truth_sessions.csv"
+    truth_sessions = folder / TRUTH_DIR / "truth_sessions.csv"
     files: list[str] = []
     events = 0
     with open(truth_sessions, "w", encoding="utf-8", newline="") as f:

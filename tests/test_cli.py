@@ -1,0 +1,102 @@
+"""End to end through the command line, as a user runs it: synth, run twice, sql, tables, errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def cli(*args: str, check: bool = True, tool: str = "beha2vec") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+    proc = subprocess.run([str(BIN / tool), *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data, lake = root / "ga4", root / "lake"
+    cli("synth", "--kind", "ga4", "--users", "40", "--days", "2", "--personas", "3", "--seed", "3",
+        "--out", str(data))
+    first = cli("--conf", "conf/local.yaml", "--lake", str(lake), "run", "--source", "ga4", str(data))
+    return data, lake, first
+
+
+def _counts(lake):
+    out = cli("--lake", str(lake), "sql", "SELECT (SELECT count(*) FROM events) AS e, "
+              "(SELECT count(*) FROM sessions) AS s, (SELECT count(*) FROM rejects) AS r",
+              "--format", "json").stdout
+    return json.loads(out)[0]
+
+
+def test_run_prints_tables_and_example_queries(pipeline):
+    _, lake, first = pipeline
+    assert "ingest:" in first.stdout and "sessionize:" in first.stdout
+    for table in ("events", "rejects", "sessions", "runs"):
+        assert table in first.stdout
+    assert first.stdout.count('sql "SELECT') == 3
+    assert str(lake) in first.stdout
+
+
+def test_second_run_same_counts_new_versions(pipeline):
+    data, lake, _ = pipeline
+    before = _counts(lake)
+    assert before["e"] > 0 and before["s"] > 0
+    cli("--lake", str(lake), "run", "--source", "ga4", str(data))
+    assert _counts(lake) == before
+    history = cli("--lake", str(lake), "tables", "--history", "sessions").stdout
+    assert "WRITE" in history or "CREATE" in history
+    listing = cli("--lake", str(lake), "tables").stdout
+    sessions_line = next(line for line in listing.splitlines() if line.startswith("sessions"))
+    assert sessions_line.split("|")[2].strip() == "1"
+    runs = json.loads(cli("--lake", str(lake), "sql",
+                          "SELECT stage, status, rows_in, rows_out, rows_rejected FROM runs",
+                          "--format", "json").stdout)
+    assert len(runs) == 4 and all(r["status"] == "ok" for r in runs)
+    assert all(r["rows_in"] == r["rows_out"] + r["rows_rejected"] for r in runs)
+
+
+def test_sql_formats(pipeline):
+    _, lake, _ = pipeline
+    query = "SELECT user_id, count(*) FROM sessions GROUP BY user_id ORDER BY 2 DESC LIMIT 5"
+    table = cli("--lake", str(lake), "sql", query).stdout
+    assert table.splitlines()[0].split("|")[0].strip() == "user_id"
+    assert table.strip().endswith("(5 rows)")
+    rows = list(csv.DictReader(io.StringIO(cli("--lake", str(lake), "sql", query, "--format", "csv").stdout)))
+    data = json.loads(cli("--lake", str(lake), "sql", query, "--format", "json").stdout)
+    assert len(rows) == len(data) == 5
+    assert [r["user_id"] for r in rows] == [d["user_id"] for d in data]
+    assert [int(r["count(1)"]) for r in rows] == [d["count(1)"] for d in data]
+
+
+def test_user_errors_exit_2_with_a_message(pipeline):
+    _, lake, _ = pipeline
+    bad = cli("--lake", str(lake), "--set", "sessionize.gapminutes=3", "sessionize", check=False)
+    assert bad.returncode == 2
+    assert "unknown key 'sessionize.gapminutes' (did you mean 'sessionize.gap_minutes'?)" in bad.stderr
+    write = cli("--lake", str(lake), "sql", "DROP TABLE events", check=False)
+    assert write.returncode == 2 and "read-only" in write.stderr
+    missing = cli("--lake", str(lake), "ingest", "--source", "ga4", "/nonexistent/dir", check=False)
+    assert missing.returncode == 2 and "no input matches '/nonexistent/dir'" in missing.stderr
+
+
+def test_spark_submit_job_entry_point(pipeline):
+    _, lake, _ = pipeline
+    before = _counts(lake)
+    proc = cli("--master", "local[2]", str(ROOT / "jobs" / "sessionize.py"), "--lake", str(lake),
+               tool="spark-submit")
+    assert "sessionize:" in proc.stdout
+    assert _counts(lake) == before
