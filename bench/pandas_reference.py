@@ -12,8 +12,9 @@ same work with the same rules and the same settings (``beha2vec.config`` default
 * sessionize as ``beha2vec.sessionize``: per user in (time, file, line) order, a new session after
   an idle gap over ``gap_minutes`` or a ``ga_session_id`` change, cut at ``max_events`` events or
   ``max_hours`` hours; visits are page views (path without query string), consecutive repeats
-  merged; dwell is the summed engagement of the visit's events if positive, else the time to the
-  next visit capped at ``max_dwell_s``, else 0; bot-like users flagged; the sequence text capped to
+  merged; dwell is the summed engagement of the visit's events if positive, else the time from its
+  last merged repeat to the next visit (0 for the last visit) plus the time between its repeats,
+  each step capped at ``max_dwell_s``; bot-like users flagged; the sequence text capped to
   ``text_max_tokens`` with the same ``cap_pieces`` and tokenizer;
 * write the sessions to one parquet file.
 
@@ -45,6 +46,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
+
 from beha2vec.config import IngestConfig, SessionizeConfig
 from beha2vec.models import load_tokenizer
 from beha2vec.sequence_text import NO_VISITS, cap_pieces
@@ -216,20 +218,26 @@ def sessionize(ev: pd.DataFrame, units: np.ndarray, conf: SessionizeConfig) -> p
     session = np.cumsum(new_session) - 1
 
     # Visit groups: a page view that does not repeat the previous one of its session, with the
-    # events after it; a group holds a visit if and only if it starts with one.
+    # events after it; a group holds a visit if and only if it starts with one. A merged repeat
+    # adds the time since the page view before it (capped) to the visit's dwell.
     visits = np.flatnonzero(is_visit)
-    repeat = np.zeros(n, dtype=bool)
+    repeat, inner = np.zeros(n, dtype=bool), np.zeros(n)
     if conf.merge_repeats:
         a, b = visits[1:], visits[:-1]
         repeat[a] = (session[a] == session[b]) & (unit[a] == unit[b])
+        inner[a] = np.where(repeat[a], np.minimum(t[a] - t[b], conf.max_dwell_s * US), 0)
     new_visit = is_visit & ~repeat
     group_start = np.flatnonzero(new_session | new_visit)
-    group_eng = np.add.reduceat(np.nan_to_num(ev["eng"].to_numpy()), group_start) / 1000.0
-    v = group_start[new_visit[group_start]]
-    v_session, v_t, v_eng = session[v], t[v], group_eng[new_visit[group_start]]
+    in_group = new_visit[group_start]
+    v = group_start[in_group]
+    v_session, v_t = session[v], t[v]
+    v_eng = np.add.reduceat(np.nan_to_num(ev["eng"].to_numpy()), group_start)[in_group] / 1000
+    v_inner = np.add.reduceat(inner, group_start)[in_group] / US
+    v_last = np.maximum.reduceat(np.where(is_visit, t, 0), group_start)[in_group]
     has_next = np.r_[v_session[1:] == v_session[:-1], False]
-    to_next = np.where(has_next, np.minimum((np.r_[v_t[1:], 0] - v_t) / US, conf.max_dwell_s), 0)
-    dwell = np.where(v_eng > 0, v_eng, to_next)
+    to_next = np.where(has_next, np.minimum((np.r_[v_t[1:], 0] - v_last) / US, conf.max_dwell_s),
+                       0)
+    dwell = np.where(v_eng > 0, v_eng, v_inner + to_next)
 
     starts = np.flatnonzero(new_session)
     n_events = np.diff(np.r_[starts, n])

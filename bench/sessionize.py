@@ -9,8 +9,10 @@ side and ``--repeats`` times each, in fresh subprocesses so that start-up is pai
 
 It reports medians, events/s, the pandas/Spark ratio, how time grows with size, the peak memory of
 each subprocess tree (sampled from /proc, so the JVM and forked Python workers count), a trivial
-Spark start for reference, Spark's slowest stages (from its event log) and a session-by-session
-comparison of the two outputs on the first repeat. Results go to ``WORKDIR/results.json``.
+Spark start for reference, where Spark's time goes (per query, from its event log) and a
+session-by-session comparison of the two outputs on the first repeat. Results go to
+``WORKDIR/results.json``, which keeps the sizes of earlier invocations (delete it to start over),
+so a long size can be run on its own and still be reported next to the others.
 
     python bench/sessionize.py --events 1000000 10000000 --repeats 3
 """
@@ -61,7 +63,8 @@ def tree_rss(root: int) -> int:
 
 
 def measure(cmd: list[str], log: Path) -> dict:
-    """Run ``cmd`` (output to ``log``): wall and CPU seconds, peak tree RSS, its output."""
+    """Run ``cmd`` (output to ``log``): wall and CPU seconds, peak tree RSS, its output, and the
+    1-minute load average after it (other work on the machine slows both paths alike)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         started = time.perf_counter()
@@ -84,7 +87,8 @@ def measure(cmd: list[str], log: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd} failed ({proc.returncode}); see {log}:\n{text[-3000:]}")
     return {"seconds": round(wall, 2), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
-            "peak_rss_gib": round(peak[0] / 2**30, 2), "stdout": text}
+            "peak_rss_gib": round(peak[0] / 2**30, 2), "load_after": round(os.getloadavg()[0], 1),
+            "stdout": text}
 
 
 def dataset(events: int, workdir: Path) -> dict:
@@ -107,17 +111,36 @@ def dataset(events: int, workdir: Path) -> dict:
     return info
 
 
-def stage_timings(events_dir: Path, top: int = 6) -> list[dict]:
-    """The slowest stages of one Spark application: seconds, tasks, name (Python call site)."""
-    stages = []
-    for log in events_dir.rglob("*"):
-        for line in log.open() if log.is_file() else ():
-            if '"SparkListenerStageCompleted"' in line:
-                info = json.loads(line)["Stage Info"]
-                seconds = (info.get("Completion Time", 0) - info["Submission Time"]) / 1000
-                stages.append({"seconds": seconds, "tasks": info["Number of Tasks"],
-                               "stage": info["Stage ID"], "name": info["Stage Name"]})
-    return sorted(stages, key=lambda s: -s["seconds"])[:top]
+def spark_timeline(events_dir: Path) -> dict:
+    """Where one Spark application's time went, from its event log: seconds from application
+    start to the first query (driver set-up), and each SQL query in order (description, seconds,
+    stages and tasks run). Lake writes show as "parquet at ...", in the order the stage writes."""
+    app: dict[str, int] = {}
+    queries: dict[int, dict] = {}
+    stage_query: dict[int, int] = {}
+    log = next(p for p in events_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+    for line in log.open():
+        e = json.loads(line)
+        kind = e["Event"]
+        if kind in ("SparkListenerApplicationStart", "SparkListenerApplicationEnd"):
+            app[kind.removeprefix("SparkListenerApplication")] = e["Timestamp"]
+        elif kind.endswith("SQLExecutionStart"):
+            queries[e["executionId"]] = {"query": e["description"], "start": e["time"],
+                                         "stages": 0, "tasks": 0}
+        elif kind.endswith("SQLExecutionEnd"):
+            q = queries[e["executionId"]]
+            q["seconds"] = (e["time"] - q["start"]) / 1000
+        elif kind == "SparkListenerJobStart" and "spark.sql.execution.id" in e["Properties"]:
+            query = int(e["Properties"]["spark.sql.execution.id"])
+            stage_query |= dict.fromkeys(e["Stage IDs"], query)
+        elif kind == "SparkListenerStageCompleted" and e["Stage Info"]["Stage ID"] in stage_query:
+            q = queries[stage_query[e["Stage Info"]["Stage ID"]]]
+            q["stages"] += 1
+            q["tasks"] += e["Stage Info"]["Number of Tasks"]
+    first = min((q["start"] for q in queries.values()), default=app.get("End", 0))
+    return {"app_seconds": (app.get("End", 0) - app["Start"]) / 1000,
+            "setup_seconds": (first - app["Start"]) / 1000,
+            "queries": [{k: v for k, v in q.items() if k != "start"} for q in queries.values()]}
 
 
 def spark_run(data: dict, workdir: Path, tag: str) -> dict:
@@ -137,7 +160,7 @@ def spark_run(data: dict, workdir: Path, tag: str) -> dict:
         cmd = [str(Path(sys.executable).parent / "beha2vec"), "--conf", "conf/local.yaml",
                "--conf", str(conf), "--lake", str(lake), *args]
         result[stage] = measure(cmd, logs / f"{stage}.log")
-        result[stage]["stages"] = stage_timings(events_dir)
+        result[stage]["timeline"] = spark_timeline(events_dir)
     num = lambda text: int(text.replace(",", ""))  # noqa: E731
     m = re.search(r"ingest: ([\d,]+) records -> ([\d,]+) events, ([\d,]+) rejected",
                   result["ingest"].pop("stdout"))
@@ -188,7 +211,7 @@ def median(runs: list[dict], key: str = "seconds") -> float:
     return round(statistics.median(r[key] for r in runs), 2)
 
 
-def bench_size(target: int, args: argparse.Namespace) -> dict:
+def bench_size(target: int, args: argparse.Namespace, spark_start: dict) -> dict:
     """Both paths on one size, interleaved run by run; outputs compared on the first run."""
     data = dataset(target, args.workdir)
     print(f"\n== {data['events']:,} events of {data['users']:,} users over {data['days']} days, "
@@ -216,8 +239,8 @@ def bench_size(target: int, args: argparse.Namespace) -> dict:
                 check = compare(s, p)
                 print(f"  check: {check}", flush=True)
         shutil.rmtree(s.pop("lake"), ignore_errors=True)
-    return {"target": target, "data": data, "spark": spark_runs, "pandas": pandas_runs,
-            "check": check}
+    return {"target": target, "repeats": args.repeats, "spark_start": spark_start,
+            "data": data, "spark": spark_runs, "pandas": pandas_runs, "check": check}
 
 
 def machine() -> dict:
@@ -228,27 +251,28 @@ def machine() -> dict:
 
 
 def report(results: dict) -> str:
-    """The plain table, Spark's slowest stages, cost growth and a markdown table for the docs."""
-    m, sizes, n = results["machine"], results["sizes"], results["repeats"]
-    text = [f"machine: {m}",
-            f"trivial Spark start (python -c: JVM + session + 1 job): "
-            f"{results['spark_start']['median_seconds']} s median, "
-            f"{results['spark_start']['peak_rss_gib']} GiB",
-            f"{'events':>12} {'path':<15} {'median s':>9} {'events/s':>10} {'peak GiB':>9} "
-            f"{'pandas/spark':>12}"]
+    """The plain table, Spark's time per query, cost growth and a markdown table for the docs."""
+    m, sizes = results["machine"], results["sizes"]
+    text = [f"machine: {m}", "spark start = python -c: JVM + session + 1 trivial job, paid by each "
+            "of ingest and sessionize",
+            f"{'events':>12} {'path':<15} {'runs':>4} {'median s':>9} {'events/s':>10} "
+            f"{'peak GiB':>9} {'pandas/spark':>12}"]
     md = []
     for size in sizes:
         ev, sp, pr = size["data"]["events"], size["spark"], size["pandas"]
         ingest = statistics.median(r["ingest"]["seconds"] for r in sp)
         sessionize = statistics.median(r["sessionize"]["seconds"] for r in sp)
+        n = size["repeats"]
         rows = [("spark total", median(sp), max(r["peak_rss_gib"] for r in sp)),
                 ("  ingest", ingest, max(r["ingest"]["peak_rss_gib"] for r in sp)),
                 ("  sessionize", sessionize, max(r["sessionize"]["peak_rss_gib"] for r in sp))]
+        rows.append(("  (spark start)", size["spark_start"]["seconds"],
+                     size["spark_start"]["peak_rss_gib"]))
         if pr:
             rows.append(("pandas", median(pr), max(r["peak_rss_gib"] for r in pr)))
         for name, sec, rss in rows:
             ratio = f"{sec / median(sp):.2f}" if name == "pandas" else ""
-            text.append(f"{ev:>12,} {name:<15} {sec:>9.1f} {ev / sec:>10,.0f} {rss:>9.2f} "
+            text.append(f"{ev:>12,} {name:<15} {n:>4} {sec:>9.1f} {ev / sec:>10,.0f} {rss:>9.2f} "
                         f"{ratio:>12}")
         pandas_md = f"{median(pr):.1f} s" if pr else "not run (--skip-pandas-above)"
         ratio_md = f"{median(pr) / median(sp):.2f}" if pr else "n/a"
@@ -259,10 +283,13 @@ def report(results: dict) -> str:
                   f"| {pandas_md} | {ratio_md} |")
     for size in sizes:
         for stage in ("ingest", "sessionize"):
-            text.append(f"slowest Spark stages, {stage} of {size['data']['events']:,} events "
-                        "(last run):")
-            text += [f"  {s['seconds']:>7.1f} s {s['tasks']:>4} tasks  stage {s['stage']}: "
-                     f"{s['name']}" for s in size["spark"][-1][stage]["stages"]]
+            run = size["spark"][-1][stage]
+            tl = run["timeline"]
+            text.append(f"spark {stage} of {size['data']['events']:,} events (last run): "
+                        f"{run['seconds']} s process, {tl['app_seconds']:.1f} s Spark application, "
+                        f"{tl['setup_seconds']:.1f} s of it before the first query")
+            text += [f"  {q.get('seconds', 0):>7.1f} s {q['stages']:>3} stages "
+                     f"{q['tasks']:>4} tasks  {q['query']}" for q in tl["queries"]]
     if len(sizes) > 1:
         a, b = sizes[0], sizes[-1]
         scale = b["data"]["events"] / a["data"]["events"]
@@ -271,8 +298,8 @@ def report(results: dict) -> str:
                     f"{median(b['spark']) / median(a['spark']):.1f}x time"
                     + (f", pandas {median(b['pandas']) / median(a['pandas']):.1f}x time"
                        if a["pandas"] and b["pandas"] else ""))
-    text += ["", f"markdown (median of {n} runs; {m['cpu']}, Python {m['python']}, Spark "
-             "local[2] with conf/local.yaml):",
+    text += ["", f"markdown (medians; {m['cpu']}, Python {m['python']}, Spark local[2] with "
+             "conf/local.yaml):",
              "| command | data | machine | Spark: ingest + sessionize | pandas reference "
              "| pandas / Spark |", "|---|---|---|---|---|---|", *md]
     return "\n".join(text)
@@ -290,16 +317,18 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     starts = [measure([sys.executable, "-c", SPARK_START], args.workdir / "logs" / f"start-{i}.log")
               for i in range(args.repeats)]
-    results = {"machine": machine(), "repeats": args.repeats, "argv": sys.argv,
-               "spark_start": {"median_seconds": median(starts),
-                               "peak_rss_gib": max(s["peak_rss_gib"] for s in starts)},
-               "sizes": []}
-    print(f"trivial Spark start: {results['spark_start']['median_seconds']} s", flush=True)
+    print(f"trivial Spark start: {median(starts)} s", flush=True)
+    path = args.workdir / "results.json"
+    earlier = json.loads(path.read_text())["sizes"] if path.exists() else []
+    results = {"machine": machine(),
+               "sizes": [s for s in earlier if s["target"] not in args.events]}
+    start = {"seconds": median(starts), "peak_rss_gib": max(s["peak_rss_gib"] for s in starts)}
     for target in args.events:
-        results["sizes"].append(bench_size(target, args))
-        (args.workdir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        results["sizes"].append(bench_size(target, args, start))
+        results["sizes"].sort(key=lambda s: s["data"]["events"])
+        path.write_text(json.dumps(results, indent=1, default=str))
     results["report"] = report(results)
-    (args.workdir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    path.write_text(json.dumps(results, indent=1, default=str))
     print("\n" + results["report"])
     return 0
 

@@ -1,4 +1,4 @@
-"""spark-submit entry point for the ingest stage: `spark-submit jobs/ingest.py [GLOBAL OPTIONS] [ARGS]`."""
+"""spark-submit entry point: `spark-submit jobs/ingest.py [GLOBAL OPTIONS] --source S PATH...`."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""spark-submit entry point for the sessionize stage: `spark-submit jobs/sessionize.py [GLOBAL OPTIONS] [ARGS]`."""
+"""spark-submit entry point: `spark-submit jobs/sessionize.py [GLOBAL OPTIONS] [ARGS]`."""
 
 import sys
 

@@ -13,12 +13,13 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import shared_file
 from pyspark.sql import functions as F
 
 from beha2vec import stages
 from beha2vec.context import Context
 from beha2vec.ingest.files import InputError
+
+from conftest import shared_file
 
 T0 = 1_709_300_000_000_000  # 2024-03-01T13:33:20Z in µs
 
@@ -55,7 +56,8 @@ GA4_CATALOGUE: list[tuple[bytes, str | None]] = [
     (line(ga4_event(ts=T0 + 50_000_000, engagement_time_msec=-5)), "negative engagement time"),
     (line(ga4_event(ts=T0 + 60_000_000, engagement_time_msec=10**12)), "engagement time over"),
     (line(ga4_event(ts=T0 + 70_000_000)).replace(b"Berlin", b"Berl\xfcn"), "not valid UTF-8"),
-    (line(ga4_event(ts=T0 + 80_000_000, page="https://shop.example.com/" + "x" * 6000)), "line longer than 5000 bytes"),
+    (line(ga4_event(ts=T0 + 80_000_000, page="https://shop.example.com/" + "x" * 6000)),
+     "line longer than 5000 bytes"),
     (line({k: v for k, v in ga4_event().items() if k != "event_timestamp"}), "missing timestamp"),
     (line(ga4_event(ts=(T0 + 90_000_000) // 1000)), None),
     (line(ga4_event(ts=(T0 + 100_000_000) // 1_000_000)), None),
@@ -258,7 +260,7 @@ def test_real_msnbc_first_sequences(ctx, tmp_path):
             if i >= 7 + 3000:
                 break
             dst.write(raw)
-    expected = sum(len(l.split()) for l in sample.read_text().splitlines()[7:] if l.strip())
+    expected = sum(len(row.split()) for row in sample.read_text().splitlines()[7:] if row.strip())
     report = stages.ingest(ctx, "msnbc", [str(sample)])
     assert report["rows_in"] == expected and report["rows_rejected"] == 0
     assert ctx.lake.read("events").select("user_id").distinct().count() == 3000

@@ -67,7 +67,8 @@ def test_overwrite_never_exposes_old_rows_and_ignores_foreign_files(lake, spark,
 
 
 def test_partition_replace_keeps_other_partitions(lake, spark):
-    schema = "run_id string, stage string, source string, file string, line long, offset long, raw string, reason string"
+    schema = ("run_id string, stage string, source string, file string, line long, offset long, "
+              "raw string, reason string")
     a = spark.createDataFrame([("r", "ingest", "ga4", "f", 1, 0, "x", "bad")], schema)
     b = spark.createDataFrame([("r", "ingest", "msnbc", "g", 2, 0, "y", "bad")] * 2, schema)
     lake.write(a, "rejects", replace={"stage": "ingest", "source": "ga4"})

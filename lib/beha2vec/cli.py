@@ -101,9 +101,9 @@ def _cmd_sql(ctx: Context, args: argparse.Namespace) -> None:
 
 
 def _cmd_tables(ctx: Context, args: argparse.Namespace) -> None:
-    from beha2vec.sql import format_table
-
     import pandas as pd
+
+    from beha2vec.sql import format_table
 
     if args.history:
         rows = [{"version": h.get("version"), "timestamp": h.get("timestamp"),

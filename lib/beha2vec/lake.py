@@ -157,7 +157,8 @@ class Lake:
 
         if self.route == "native":
             jvm = self.spark._jvm  # type: ignore[attr-defined]
-            return bool(jvm.io.delta.tables.DeltaTable.isDeltaTable(self.spark._jsparkSession, self.uri(name)))
+            session = self.spark._jsparkSession  # type: ignore[attr-defined]
+            return bool(jvm.io.delta.tables.DeltaTable.isDeltaTable(session, self.uri(name)))
         return DeltaTable.is_deltatable(self.uri(name))
 
     def read(self, name: str) -> DataFrame:

@@ -80,7 +80,8 @@ def assign_sessions(events: DataFrame, conf: SessionizeConfig) -> DataFrame:
         .withColumn("first_rn", F.max(F.when(F.col("new_idle"), F.col("rn"))).over(run))
         .withColumn("first_t", F.max(F.when(F.col("new_idle"), F.col("t"))).over(run))
         .withColumn("piece_events", F.floor((F.col("rn") - F.col("first_rn")) / F.lit(conf.max_events)))
-        .withColumn("piece_hours", F.floor((F.col("t") - F.col("first_t")) / F.lit(conf.max_hours * 3600 * US)))
+        .withColumn("piece_hours",
+                    F.floor((F.col("t") - F.col("first_t")) / F.lit(conf.max_hours * 3600 * US)))
     )
     cut = ~F.col("new_idle") & (
         (F.col("piece_events") != F.lag("piece_events").over(w))
@@ -102,7 +103,10 @@ def number_visits(events: DataFrame, conf: SessionizeConfig) -> DataFrame:
     """
     w = _user_order()
     before = w.rowsBetween(Window.unboundedPreceding, -1)
-    prev_visit = lambda col: F.last(F.when(F.col("is_visit"), F.col(col)), ignorenulls=True).over(before)  # noqa: E731
+
+    def prev_visit(col: str) -> Column:
+        return F.last(F.when(F.col("is_visit"), F.col(col)), ignorenulls=True).over(before)
+
     repeat = (prev_visit("unit") == F.col("unit")) & (prev_visit("session_no") == F.col("session_no"))
     if not conf.merge_repeats:
         repeat = F.lit(False)

@@ -66,7 +66,8 @@ def format_table(frame: pd.DataFrame, max_width: int = 60) -> str:
     widths = [max([len(str(c))] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
 
     def line(values: list[str]) -> str:
-        return " | ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True))
+        aligned = zip(values, widths, numeric, strict=True)
+        return " | ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in aligned)
 
     rule = "-+-".join("-" * w for w in widths)
     body = [line(r) for r in cells]
@@ -79,8 +80,8 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
         return format_table(frame)
     if fmt == "csv":
         out = io.StringIO()
-        frame.map(lambda v: _cell(v) if isinstance(v, (list, dict)) or hasattr(v, "tolist") else v) \
-            .to_csv(out, index=False)
+        nested = lambda v: _cell(v) if isinstance(v, (list, dict)) or hasattr(v, "tolist") else v  # noqa: E731
+        frame.map(nested).to_csv(out, index=False)
         return out.getvalue().rstrip("\n")
     if fmt == "json":
         records = frame.to_dict(orient="records")

@@ -117,7 +117,8 @@ def to_rejects(typed: DataFrame, ranked: DataFrame, run_id: str, conf: IngestCon
     """Invalid records and duplicate copies, with provenance and reason."""
     cols = ["source", "file", "line", "offset", "raw", "reason"]
     invalid = typed.where(F.col("reason").isNotNull()).select(*cols)
-    event_json = F.to_json(F.struct(*[c for c in EVENTS.fieldNames() if c in ranked.columns and c != "raw"]))
+    event_cols = [c for c in EVENTS.fieldNames() if c in ranked.columns]
+    event_json = F.to_json(F.struct(*event_cols))
     duplicates = ranked.where(F.col("dup_rank") > 1).select(
         "source", "file", "line", "offset",
         F.substring(event_json, 1, conf.reject_raw_chars).alias("raw"),
@@ -128,4 +129,3 @@ def to_rejects(typed: DataFrame, ranked: DataFrame, run_id: str, conf: IngestCon
     )
 
 
-__all__ = ["SOURCES", "InputError", "read_candidates", "validate", "rank_duplicates", "to_events", "to_rejects"]

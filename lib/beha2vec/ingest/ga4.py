@@ -26,6 +26,8 @@ RAW_SCHEMA = (
     "_corrupt_record string"
 )
 
+PERMISSIVE = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt_record"}
+
 
 def param(name: str) -> Column:
     """The set value of event parameter ``name`` (string, int, double or float), as text."""
@@ -54,7 +56,7 @@ def from_json_lines(records: DataFrame) -> DataFrame:
         "e",
         F.when(
             F.col("error").isNull(),
-            F.from_json("raw", RAW_SCHEMA, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt_record"}),
+            F.from_json("raw", RAW_SCHEMA, PERMISSIVE),
         ),
     )
     partial = F.coalesce(F.col("e.event_timestamp"), F.col("e.user_pseudo_id"), F.col("e.event_name"))
