@@ -272,7 +272,8 @@ def report(results: dict) -> str:
             rows.append(("pandas", median(pr), max(r["peak_rss_gib"] for r in pr)))
         for name, sec, rss in rows:
             ratio = f"{sec / median(sp):.2f}" if name == "pandas" else ""
-            text.append(f"{ev:>12,} {name:<15} {n:>4} {sec:>9.1f} {ev / sec:>10,.0f} {rss:>9.2f} "
+            rate = "-" if "start" in name else f"{ev / sec:,.0f}"
+            text.append(f"{ev:>12,} {name:<15} {n:>4} {sec:>9.1f} {rate:>10} {rss:>9.2f} "
                         f"{ratio:>12}")
         pandas_md = f"{median(pr):.1f} s" if pr else "not run (--skip-pandas-above)"
         ratio_md = f"{median(pr) / median(sp):.2f}" if pr else "n/a"

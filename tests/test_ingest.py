@@ -264,3 +264,22 @@ def test_real_msnbc_first_sequences(ctx, tmp_path):
     report = stages.ingest(ctx, "msnbc", [str(sample)])
     assert report["rows_in"] == expected and report["rows_rejected"] == 0
     assert ctx.lake.read("events").select("user_id").distinct().count() == 3000
+
+
+def test_events_read_identically_through_deltalake_and_querybuilder(ga4_run):
+    from deltalake import DeltaTable, QueryBuilder
+
+    ctx, report = ga4_run
+    spark_rows = sorted((r.event_id, r.user_id, r.event_ts, r.path, r.source,
+                         None if r.items is None else len(r.items))
+                        for r in ctx.lake.read("events").collect())
+    table = DeltaTable(ctx.lake.uri("events")).to_pyarrow_table()
+    arrow_rows = sorted(zip(
+        table["event_id"].to_pylist(), table["user_id"].to_pylist(),
+        [t.replace(tzinfo=None) for t in table["event_ts"].to_pylist()], table["path"].to_pylist(),
+        table["source"].to_pylist(), [None if i is None else len(i) for i in table["items"].to_pylist()],
+        strict=True))
+    assert spark_rows == arrow_rows and len(spark_rows) == report["rows_out"]
+    qb = QueryBuilder().register("events", DeltaTable(ctx.lake.uri("events")))
+    got = pa.table(qb.execute("SELECT count(*) AS n, count(DISTINCT user_id) AS u FROM events").read_all())
+    assert got.to_pylist() == [{"n": report["rows_out"], "u": 4}]

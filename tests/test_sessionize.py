@@ -138,3 +138,28 @@ def test_bad_settings_fail_early(spark):
         sessionize(events, SessionizeConfig(unit="page"))
     with pytest.raises(Exception, match="Mars"):
         sessionize(events, SessionizeConfig(timezone="Mars/Base"))
+
+
+def test_hundred_thousand_event_bot_through_ingest_and_sessionize(ctx, tmp_path):
+    """A scraper's 100,000 requests, one a second, next to a person: kept, cut, flagged."""
+    from beha2vec import stages
+
+    path = tmp_path / "panel.csv"
+    start = dt.datetime(2024, 5, 1, tzinfo=dt.UTC).timestamp()
+    with open(path, "w") as f:
+        f.write("panelist_id,used_at,domain,active_seconds\n")
+        f.writelines(f"bot,{start + i:.0f},site{i % 7}.com,1\n" for i in range(100_000))
+        f.writelines(f"human,{start + 600 * i:.0f},news{i % 3}.co.uk,30\n" for i in range(20))
+    report = stages.ingest(ctx, "webtracking", [str(path)])
+    assert (report["rows_in"], report["rows_out"], report["rows_rejected"]) == (100_020, 100_020, 0)
+    stages.sessionize(ctx)
+    sessions = ctx.lake.read("sessions")
+    bot = sessions.where("user_id = 'bot'")
+    sizes = sorted(r.n_events for r in bot.collect())
+    # 1,000-event pieces; the 24-hour cap (27.8 h of requests) also cuts piece 87 at 86,400 s
+    assert sizes == [400, 600] + [1000] * 99
+    assert bot.where("is_bot and is_capped").count() == 101
+    human = sessions.where("user_id = 'human'").collect()
+    assert [(s.is_bot, s.is_capped, s.n_events) for s in human] == [(False, False, 20)]
+    run = ctx.lake.read("runs").where("stage = 'sessionize'").first()
+    assert run.rows_in == run.rows_out == 100_020
