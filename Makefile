@@ -38,10 +38,11 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 $(SAMPLE): | setup
-	$(BIN)/beha2vec synth --kind ga4 --users 300 --days 7 --personas 5 --seed 7 --workers 2 --out $(SAMPLE)
+	$(BIN)/beha2vec synth --kind ga4 --users 200 --days 28 --personas 5 --seed 7 --workers 2 --out $(SAMPLE)
 
 run: setup $(SAMPLE)
-	$(BIN)/beha2vec --conf conf/local.yaml --lake $(LAKE) run --source ga4 $(SAMPLE)
+	$(BIN)/beha2vec --conf conf/local.yaml --lake $(LAKE) run --source ga4 $(SAMPLE) \
+	  --truth $(SAMPLE)/_truth/truth_users.csv
 
 test: setup
 	$(BIN)/python -m pytest

@@ -28,8 +28,10 @@ session).
 
 Differences from the Spark path: duplicates are identical lines (Spark compares the typed event
 fields, so lines differing only in a field the events table drops are duplicates there, not here);
-only GA4 NDJSON is read and no per-visit ``duration_s`` exists; only ``sessions`` is written (Spark
-also writes ``events``, ``rejects`` and ``runs`` as Delta tables).
+a field of the wrong JSON type is a reject only in fields read here (Spark types every field of the
+export schema, e.g. ``device``); only GA4 NDJSON is read and no per-visit ``duration_s`` exists;
+only ``sessions`` is written (Spark also writes ``events``, ``rejects`` and ``runs`` as Delta
+tables).
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ def encode(ev: pd.DataFrame, vocab: dict[str, Vocab], conf: SessionizeConfig
     users, user_code = np.unique([u.strip() for u in vocab["user"].values()], return_inverse=True)
     sids = vocab["sid"].values()
     num = numbers(sids)[0]
-    whole = np.isfinite(num) & (np.abs(num) < 2.0**63)  # Spark: try_cast double, long, string
+    whole = np.isfinite(num) & (np.abs(num) < 2.0**63)  # as ingest: double, then long, as text
     sids[whole] = num[whole].astype(np.int64).astype(str)
     sid_code = np.unique(sids, return_inverse=True)[1]
     paths = [split_url(u)[2] or "(not set)" for u in vocab["url"].values()] + ["(not set)"]

@@ -43,38 +43,43 @@ SPARK_START = ("from beha2vec.config import load_config; from beha2vec.spark imp
                "get_spark(load_config(['conf/local.yaml']).spark).range(1).count()")
 
 
-def tree_rss(root: int) -> int:
-    """Summed resident memory (bytes) of ``root`` and its descendants (JVM, Python workers)."""
-    parent, rss = {}, {}
+def tree_usage(root: int) -> tuple[int, dict[int, int]]:
+    """Summed resident memory (bytes) of ``root`` and its descendants (JVM, Python workers), and
+    the CPU clock ticks each of them has used so far."""
+    stats = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
                 with open(f"/proc/{entry.name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
+                    stats[int(entry.name)] = f.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            parent[int(entry.name)], rss[int(entry.name)] = int(fields[1]), int(fields[21]) * PAGE
     tree, todo = set(), [root]
     while todo:
         pid = todo.pop()
         tree.add(pid)
-        todo += [c for c, p in parent.items() if p == pid and c not in tree]
-    return sum(rss.get(p, 0) for p in tree)
+        todo += [c for c, st in stats.items() if int(st[1]) == pid and c not in tree]
+    tree &= set(stats)
+    return (sum(int(stats[p][21]) for p in tree) * PAGE,
+            {p: int(stats[p][11]) + int(stats[p][12]) for p in tree})
 
 
 def measure(cmd: list[str], log: Path) -> dict:
-    """Run ``cmd`` (output to ``log``): wall and CPU seconds, peak tree RSS, its output, and the
-    1-minute load average after it (other work on the machine slows both paths alike)."""
+    """Run ``cmd`` (output to ``log``): wall seconds; CPU seconds of its process tree (sampled, as
+    the JVM is not waited for), less sensitive than wall time to other work on the machine; peak
+    tree RSS; the 1-minute load average after it; its output."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 env=os.environ | ENV)
-        peak = [0]
+        peak, ticks = [0], {}
 
         def sample() -> None:
             while proc.returncode is None:
-                peak[0] = max(peak[0], tree_rss(proc.pid))
+                rss, cpu = tree_usage(proc.pid)
+                peak[0] = max(peak[0], rss)
+                ticks.update(cpu)
                 time.sleep(0.25)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -86,7 +91,8 @@ def measure(cmd: list[str], log: Path) -> dict:
     text = log.read_text()
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd} failed ({proc.returncode}); see {log}:\n{text[-3000:]}")
-    return {"seconds": round(wall, 2), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+    cpu = max(usage.ru_utime + usage.ru_stime, sum(ticks.values()) / os.sysconf("SC_CLK_TCK"))
+    return {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 1),
             "peak_rss_gib": round(peak[0] / 2**30, 2), "load_after": round(os.getloadavg()[0], 1),
             "stdout": text}
 

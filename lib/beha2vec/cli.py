@@ -23,6 +23,7 @@ from beha2vec.sql import FORMATS, SqlError
 
 log = logging.getLogger("beha2vec")
 
+PIPELINE = ("ingest", "sessionize", "features", "embed", "evaluate")
 USER_ERRORS = (ConfigError, InputError, LakeError, SqlError, ConservationError, ValueError)
 
 EXAMPLE_QUERIES = (
@@ -56,10 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="files, globs or folders (plain or gzip)")
 
     sub.add_parser("sessionize", help="events into sessions")
+    sub.add_parser("features", help="sessions into behavioural features per session")
 
-    p = sub.add_parser("run", help="every stage built so far: ingest then sessionize")
+    p = sub.add_parser("embed", help="sessions into session_embeddings, one partition per model")
+    p.add_argument("--model", action="append", dest="models", metavar="NAME",
+                   help="minilm, any sentence-transformers name or path, openai:<model>, tfidf, features "
+                        "(repeatable; default: embed.models)")
+
+    p = sub.add_parser("evaluate", help="how well each model separates and identifies users")
+    p.add_argument("--truth", metavar="CSV", help="user_id,persona file (synthetic data) for persona purity")
+
+    p = sub.add_parser("run", help="every stage: " + " -> ".join(PIPELINE))
     p.add_argument("--source", required=True, choices=SOURCES)
     p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--truth", metavar="CSV", help="user_id,persona file for evaluate")
 
     p = sub.add_parser("synth", help="synthetic data with planted personas")
     p.add_argument("--kind", required=True, choices=("ga4", "webtracking"))
@@ -119,6 +130,13 @@ def _cmd_tables(ctx: Context, args: argparse.Namespace) -> None:
     print(format_table(frame))
 
 
+def _print_evaluation(table) -> None:
+    from beha2vec.sql import format_table
+
+    print("evaluate: how well each model separates (silhouette) and identifies users")
+    print(format_table(table.reset_index()))
+
+
 def _summary(ctx: Context) -> None:
     _cmd_tables(ctx, argparse.Namespace(history=None))
     print("\nTry:")
@@ -134,15 +152,27 @@ def _dispatch(args: argparse.Namespace) -> None:
     ctx = Context(config)
     from beha2vec import stages
 
+    if getattr(args, "truth", None):
+        config.evaluate.truth_users_file = args.truth
     started = time.perf_counter()
-    if args.command in ("ingest", "run"):
+    todo = PIPELINE if args.command == "run" else (args.command,)
+    if "ingest" in todo:
         report = stages.ingest(ctx, args.source, args.paths)
         print(f"ingest: {report['rows_in']:,} records -> {report['rows_out']:,} events, "
               f"{report['rows_rejected']:,} rejected")
-    if args.command in ("sessionize", "run"):
+    if "sessionize" in todo:
         report = stages.sessionize(ctx)
         print(f"sessionize: {report['rows_in']:,} events -> {report['sessions']:,} sessions "
               f"({report['bot_sessions']:,} of bot-like users)")
+    if "features" in todo:
+        report = stages.features(ctx)
+        print(f"features: {report['rows_out']:,} sessions x {report['features']} features")
+    if "embed" in todo:
+        for report in stages.embed(ctx, getattr(args, "models", None)):
+            extra = f" ({report['distinct_texts']:,} distinct texts)" if "distinct_texts" in report else ""
+            print(f"embed {report['model']}: {report['rows_out']:,} sessions{extra}")
+    if "evaluate" in todo:
+        _print_evaluation(stages.evaluate(ctx))
     if args.command == "run":
         print(f"done in {time.perf_counter() - started:.1f} s\n")
         _summary(ctx)

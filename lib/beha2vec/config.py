@@ -73,11 +73,72 @@ class SessionizeConfig:
 
 
 @dataclass
+class FeaturesConfig:
+    categories_file: str = ""
+    quick_bounce_s: float = 10.0
+    long_view_s: float = 300.0
+    rapid_transition_s: float = 5.0
+    working_hours_start: int = 9
+    working_hours_end: int = 17
+
+
+@dataclass
+class OpenAIConfig:
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    tokenizer: str = "tiktoken:cl100k_base"
+    dimensions: int = 0
+    max_inputs_per_request: int = 2048
+    max_tokens_per_input: int = 8192
+    max_tokens_per_request: int = 300_000
+    concurrency: int = 4
+    timeout_s: float = 60.0
+    max_retries: int = 6
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    chunk_texts: int = 20_000
+    budget_usd: float = 5.0
+    price_per_million_tokens: dict[str, float] = field(default_factory=lambda: {
+        "text-embedding-3-small": 0.02,
+        "text-embedding-3-large": 0.13,
+        "text-embedding-ada-002": 0.10,
+    })
+
+
+@dataclass
+class EmbedConfig:
+    models: list[str] = field(default_factory=lambda: ["minilm"])
+    batch_size: int = 64
+    arrow_batch_size: int = 2048
+    torch_threads: int = 1
+    device: str = "auto"
+    prefixes: dict[str, str] = field(default_factory=dict)
+    tfidf_min_df: int = 2
+    tfidf_vocab_size: int = 20_000
+    tfidf_path_segments: bool = False
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    seed: int = 42
+    max_users: int = 200
+    max_sessions_per_user: int = 50
+    min_sessions: int = 20
+    test_fraction: float = 0.25
+    neighbours: int = 10
+    truth_users_file: str = ""
+
+
+@dataclass
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     lake: LakeConfig = field(default_factory=LakeConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     sessionize: SessionizeConfig = field(default_factory=SessionizeConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

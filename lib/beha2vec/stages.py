@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from contextlib import contextmanager
 
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
+from beha2vec import embed as embed_lib
 from beha2vec import ingest as ingest_lib
 from beha2vec.context import Context
 from beha2vec.runs import recorded
@@ -68,3 +70,101 @@ def sessionize(ctx: Context) -> dict:
                             ("sessions", "bot_sessions", "capped_sessions", "truncated_texts")},
                            sessions_version=written.version)
     return run.details | {"rows_in": run.rows_in, "rows_out": run.rows_out}
+
+
+@contextmanager
+def _arrow_batch(spark, rows: int):
+    """Rows per Arrow batch for the pandas UDFs of one stage, restored afterwards."""
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key)
+    spark.conf.set(key, str(rows))
+    try:
+        yield
+    finally:
+        spark.conf.set(key, before)
+
+
+def _model_rows(ctx: Context, model: str, sessions, details: dict):
+    """``session_embeddings`` rows of one model; adds what was learned about the work to ``details``."""
+    conf = ctx.config.embed
+    kind = embed_lib.kind_of(model)
+    if kind == "sentence-transformers":
+        texts = embed_lib.distinct_texts(sessions)
+        with _arrow_batch(ctx.spark, conf.arrow_batch_size):
+            vectors = embed_lib.embed_texts_st(model, texts, conf).persist(StorageLevel.MEMORY_AND_DISK)
+            loads = vectors.groupBy("worker_pid").agg(F.max("worker_loads").alias("loads"),
+                                                      F.count(F.lit(1)).alias("texts")).collect()
+        details.update(distinct_texts=sum(r["texts"] for r in loads),
+                       model_loads_per_worker={str(r["worker_pid"]): r["loads"] for r in loads})
+        return embed_lib.join_back(sessions, vectors.drop("worker_pid", "worker_loads"), model), vectors
+    if kind == "openai":
+        from beha2vec.embed_openai import embed_texts_openai
+
+        texts = embed_lib.distinct_texts(sessions).persist(StorageLevel.MEMORY_AND_DISK)
+        details["distinct_texts"] = texts.count()
+        return embed_lib.join_back(sessions, embed_texts_openai(ctx, model, texts), model), texts
+    if kind == "tfidf":
+        documents = embed_lib.visit_tokens(sessions, conf.tfidf_path_segments)
+        fitted = embed_lib.fit_tfidf(documents, conf)
+        path = f"{ctx.lake.root}/_models/tfidf"
+        fitted.write().overwrite().save(path)
+        details.update(vocabulary=len(fitted.stages[0].vocabulary), model_path=path)
+        return embed_lib.transform_tfidf(fitted, documents), None
+    from beha2vec.features import standardize
+
+    return embed_lib.features_rows(standardize(ctx.lake.read("session_features"))), None
+
+
+def embed(ctx: Context, models: list[str] | None = None) -> list[dict]:
+    """``sessions`` into ``session_embeddings``, one partition per model, replaced per model."""
+    reports = []
+    for model in models or ctx.config.embed.models:
+        with recorded(ctx.lake, ctx.config, "embed") as run:
+            run.details["model"] = model
+            sessions = ctx.lake.read("sessions")
+            rows, cached = _model_rows(ctx, model, sessions, run.details)
+            try:
+                written = ctx.lake.write(rows, "session_embeddings", replace={"model": model})
+            finally:
+                if cached is not None:
+                    cached.unpersist()
+            run.rows_in = sessions.count()
+            run.rows_out = written.rows
+            run.rows_rejected = 0
+        reports.append(run.details | {"rows_in": run.rows_in, "rows_out": run.rows_out})
+    return reports
+
+
+def features(ctx: Context) -> dict:
+    """``sessions`` into ``session_features``: one row of behavioural features per session."""
+    from beha2vec import features as features_lib
+
+    conf = ctx.config.features
+    with recorded(ctx.lake, ctx.config, "features") as run:
+        sessions = ctx.lake.read("sessions")
+        categories = features_lib.load_categories(conf.categories_file)
+        rows = features_lib.session_features(sessions, conf, categories, ctx.config.sessionize.timezone)
+        written = ctx.lake.write(rows, "session_features")
+        run.rows_in = sessions.count()
+        run.rows_out = written.rows
+        run.details.update(features=len(features_lib.FEATURE_COLUMNS), categories=len(categories))
+    return run.details | {"rows_in": run.rows_in, "rows_out": run.rows_out}
+
+
+def evaluate(ctx: Context):
+    """``session_embeddings`` into ``evaluation``; returns the comparison table (one row per model)."""
+    import pandas as pd
+
+    from beha2vec import evaluate as evaluate_lib
+    from beha2vec.tables import EVALUATION
+
+    conf = ctx.config.evaluate
+    with recorded(ctx.lake, ctx.config, "evaluate") as run:
+        truth = pd.read_csv(conf.truth_users_file, dtype=str) if conf.truth_users_file else None
+        results = evaluate_lib.evaluate_models(ctx.lake.read("session_embeddings"), conf, truth)
+        results.insert(0, "run_id", run.run_id)
+        frame = ctx.spark.createDataFrame(results[EVALUATION.fieldNames()], EVALUATION)
+        written = ctx.lake.write(frame, "evaluation")
+        run.rows_in = run.rows_out = written.rows
+        run.details.update(models=sorted(results["model"].unique().tolist()))
+    return evaluate_lib.comparison_table(results)

@@ -114,6 +114,35 @@ RUNS = _s(
     ("details", T.StringType()),
 )
 
+SESSION_EMBEDDINGS = _s(
+    ("session_id", T.StringType()),
+    ("user_id", T.StringType()),
+    ("model", T.StringType()),
+    ("dim", T.IntegerType()),
+    ("embedding", T.ArrayType(T.FloatType(), True)),
+    ("indices", T.ArrayType(T.IntegerType(), True)),
+    ("values", T.ArrayType(T.FloatType(), True)),
+)
+
+EMBEDDING_CACHE = _s(
+    ("model", T.StringType()),
+    ("text_hash", T.StringType()),
+    ("dim", T.IntegerType()),
+    ("embedding", T.ArrayType(T.FloatType(), True)),
+    ("tokens", T.IntegerType()),
+    ("created_at", T.TimestampType()),
+)
+
+EVALUATION = _s(
+    ("run_id", T.StringType()),
+    ("model", T.StringType()),
+    ("metric", T.StringType()),
+    ("value", T.DoubleType()),
+    ("n_users", T.LongType()),
+    ("n_sessions", T.LongType()),
+    ("params", T.StringType()),
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -123,6 +152,13 @@ TABLES: dict[str, TableSpec] = {
                   partition_by=("stage", "source")),
         TableSpec("sessions", SESSIONS, "per-user visit sequences cut by inactivity or session id"),
         TableSpec("runs", RUNS, "one row per stage run, with conserved row counts"),
+        TableSpec("session_embeddings", SESSION_EMBEDDINGS,
+                  "one vector per session and model: dense `embedding`, or sparse `indices`/`values`",
+                  partition_by=("model",)),
+        TableSpec("embedding_cache", EMBEDDING_CACHE,
+                  "paid API embeddings by (model, text hash), so no text is ever paid for twice",
+                  partition_by=("model",)),
+        TableSpec("evaluation", EVALUATION, "how well each model separates and identifies users"),
     )
 }
 
