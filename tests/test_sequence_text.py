@@ -44,3 +44,11 @@ def test_empty_session_and_nan_dwell():
     text, tokens, cut = cap_pieces("Sunday 01:00, Visits: ", [], 64, _count)
     assert text == "Sunday 01:00, Visits: (no page views)" and not cut
     assert visit_piece("/a", float("nan")) == "/a (0s)"
+
+
+def test_word_cached_counts_equal_full_encodes():
+    from beha2vec.sessionize import _counter
+
+    texts = ["Monday 14:15, Visits: ", " -> ", "...", "/books/some-title (20s)", "news.bbc.co.uk (1800s)",
+             "/product/ünïcode–dash?x=1 (3s)", "Tuesday 00:30, Visits: google.com (10s) -> youtube.com (89s)"]
+    assert _counter("minilm")(texts) == _count(texts)

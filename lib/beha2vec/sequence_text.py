@@ -3,8 +3,8 @@
 ``"Monday 14:15, Visits: google.com (10s) -> youtube.com (89s)"``. When a session is too long
 for the budget, visits from the middle are replaced by ``...``: the start and the end of a
 session say most about it. Counting is exact for WordPiece/BERT-style tokenizers, whose
-pre-tokenizer splits on whitespace, so the pieces are counted once and added up; the result is
-checked with a full encode anyway.
+pre-tokenizer splits on whitespace, so the pieces are counted once and added up (tested against a
+full encode).
 """
 
 from __future__ import annotations

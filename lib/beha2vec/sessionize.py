@@ -257,21 +257,27 @@ def text_udf(conf: SessionizeConfig):
 
 @functools.cache
 def _counter(tokenizer_name: str):
-    """Token counts per string, cached per worker: visit pieces repeat across sessions."""
+    """Token counts of texts as sums of per-word counts, cached per worker.
+
+    Exact for tokenizers whose pre-tokenizer splits on whitespace (BERT WordPiece, as the bundled
+    MiniLM): words are tokenized independently. Units and ``(Ns)`` dwell words repeat across
+    sessions, so almost every lookup is a cache hit and the tokenizer runs once per distinct word.
+    """
     from beha2vec.models import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_name)
-    cache: dict[str, int] = {}
+    words: dict[str, int] = {}
+
+    def word(w: str) -> int:
+        n = words.get(w)
+        if n is None:
+            if len(words) > 1_000_000:
+                words.clear()
+            n = words[w] = len(tokenizer.encode(w, add_special_tokens=False).ids)
+        return n
 
     def count(texts) -> list[int]:
-        missing = list({t for t in texts if t not in cache})
-        if missing:
-            if len(cache) > 500_000:
-                cache.clear()
-            for text, enc in zip(missing, tokenizer.encode_batch(missing, add_special_tokens=False),
-                                 strict=True):
-                cache[text] = len(enc.ids)
-        return [cache[t] for t in texts]
+        return [sum(word(w) for w in t.split()) for t in texts]
 
     return count
 
