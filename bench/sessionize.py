@@ -176,6 +176,7 @@ def spark_run(data: dict, workdir: Path, tag: str) -> dict:
         "records": num(m[1]), "events": num(m[2]), "rejected": num(m[3]), "sessions": num(s[1]),
         "bot_sessions": num(s[2]),
         "seconds": round(result["ingest"]["seconds"] + result["sessionize"]["seconds"], 2),
+        "cpu_seconds": round(result["ingest"]["cpu_seconds"] + result["sessionize"]["cpu_seconds"], 1),
         "peak_rss_gib": max(result["ingest"]["peak_rss_gib"], result["sessionize"]["peak_rss_gib"]),
     }
 
@@ -260,27 +261,29 @@ def report(results: dict) -> str:
     """The plain table, Spark's time per query, cost growth and a markdown table for the docs."""
     m, sizes = results["machine"], results["sizes"]
     text = [f"machine: {m}", "spark start = python -c: JVM + session + 1 trivial job, paid by each "
-            "of ingest and sessionize",
+            "of ingest and sessionize; CPU s = CPU time of the process tree; load = highest "
+            "1-minute load average after a run (2 cores: above 2, other work competed)",
             f"{'events':>12} {'path':<15} {'runs':>4} {'median s':>9} {'events/s':>10} "
-            f"{'peak GiB':>9} {'pandas/spark':>12}"]
+            f"{'CPU s':>7} {'peak GiB':>9} {'pandas/spark':>12} {'load':>5}"]
     md = []
     for size in sizes:
         ev, sp, pr = size["data"]["events"], size["spark"], size["pandas"]
         ingest = statistics.median(r["ingest"]["seconds"] for r in sp)
         sessionize = statistics.median(r["sessionize"]["seconds"] for r in sp)
         n = size["repeats"]
-        rows = [("spark total", median(sp), max(r["peak_rss_gib"] for r in sp)),
-                ("  ingest", ingest, max(r["ingest"]["peak_rss_gib"] for r in sp)),
-                ("  sessionize", sessionize, max(r["sessionize"]["peak_rss_gib"] for r in sp))]
-        rows.append(("  (spark start)", size["spark_start"]["seconds"],
-                     size["spark_start"]["peak_rss_gib"]))
-        if pr:
-            rows.append(("pandas", median(pr), max(r["peak_rss_gib"] for r in pr)))
-        for name, sec, rss in rows:
+        runs = {"spark total": sp, "  ingest": [r["ingest"] for r in sp],
+                "  sessionize": [r["sessionize"] for r in sp], "  (spark start)": [],
+                "pandas": pr}
+        for name, rs in runs.items():
+            if not rs and name != "  (spark start)":
+                continue
+            rs = rs or [size["spark_start"]]
+            sec, cpu = median(rs), median(rs, "cpu_seconds") if "cpu_seconds" in rs[0] else 0
             ratio = f"{sec / median(sp):.2f}" if name == "pandas" else ""
             rate = "-" if "start" in name else f"{ev / sec:,.0f}"
-            text.append(f"{ev:>12,} {name:<15} {n:>4} {sec:>9.1f} {rate:>10} {rss:>9.2f} "
-                        f"{ratio:>12}")
+            load = max((r.get("load_after", 0) for r in rs), default=0)
+            text.append(f"{ev:>12,} {name:<15} {n:>4} {sec:>9.1f} {rate:>10} {cpu:>7.1f} "
+                        f"{max(r['peak_rss_gib'] for r in rs):>9.2f} {ratio:>12} {load:>5}")
         pandas_md = f"{median(pr):.1f} s" if pr else "not run (--skip-pandas-above)"
         ratio_md = f"{median(pr) / median(sp):.2f}" if pr else "n/a"
         md.append(f"| `python bench/sessionize.py --events {size['target']} --repeats {n}` "
@@ -319,17 +322,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--skip-pandas-above", type=int, metavar="N",
                         help="run the pandas reference only on sizes of at most N events")
+    parser.add_argument("--report", action="store_true",
+                        help="only print the report of WORKDIR/results.json")
     args = parser.parse_args(argv)
     args.workdir = args.workdir.resolve()
+    path = args.workdir / "results.json"
+    if args.report:
+        print(report(json.loads(path.read_text())))
+        return 0
     args.workdir.mkdir(parents=True, exist_ok=True)
     starts = [measure([sys.executable, "-c", SPARK_START], args.workdir / "logs" / f"start-{i}.log")
               for i in range(args.repeats)]
     print(f"trivial Spark start: {median(starts)} s", flush=True)
-    path = args.workdir / "results.json"
     earlier = json.loads(path.read_text())["sizes"] if path.exists() else []
     results = {"machine": machine(),
                "sizes": [s for s in earlier if s["target"] not in args.events]}
-    start = {"seconds": median(starts), "peak_rss_gib": max(s["peak_rss_gib"] for s in starts)}
+    start = {"seconds": median(starts), "cpu_seconds": median(starts, "cpu_seconds"),
+             "peak_rss_gib": max(s["peak_rss_gib"] for s in starts),
+             "load_after": max(s["load_after"] for s in starts)}
     for target in args.events:
         results["sizes"].append(bench_size(target, args, start))
         results["sizes"].sort(key=lambda s: s["data"]["events"])

@@ -59,12 +59,12 @@ class FakeOpenAI:
     max_request_tokens: int | None = None
     retry_after_s: float = 1.0
     slow_s: float = 3.0
-    requests: list[Recorded] = field(default_factory=list)
-    _faults: deque[str] = field(default_factory=deque)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _stopping: threading.Event = field(default_factory=threading.Event)
-    _server: ThreadingHTTPServer | None = None
-    _thread: threading.Thread | None = None
+    requests: list[Recorded] = field(default_factory=list, init=False, repr=False)
+    _faults: deque[str] = field(default_factory=deque, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _server: ThreadingHTTPServer | None = field(default=None, init=False, repr=False)
+    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -203,7 +203,8 @@ def _reply(words: list[str], response_format: Any) -> dict:
     """``summary``/``keywords`` from the words, or the schema's properties filled by their type."""
     summary = " ".join(words[:12])
     keywords = sorted({w.strip(".,:;()").lower() for w in words if len(w) > 3})[:3]
-    schema = response_format.get("json_schema", {}).get("schema") if isinstance(response_format, dict) else None
+    spec = response_format.get("json_schema") if isinstance(response_format, dict) else None
+    schema = spec.get("schema") if isinstance(spec, dict) else None
     properties = schema.get("properties") if isinstance(schema, dict) else None
     if not isinstance(properties, dict):
         return {"summary": summary, "keywords": keywords}

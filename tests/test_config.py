@@ -59,3 +59,9 @@ def test_config_hash_is_stable_and_sensitive():
     a, b = load_config(), load_config()
     assert a.hash() == b.hash()
     assert a.hash() != load_config(overrides=["sessionize.gap_minutes=31"]).hash()
+
+
+def test_mappings_merge_with_defaults():
+    config = load_config(overrides=["embed.openai.price_per_million_tokens.my-model=0.5"])
+    prices = config.embed.openai.price_per_million_tokens
+    assert prices["my-model"] == 0.5 and prices["text-embedding-3-small"] == 0.02

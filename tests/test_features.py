@@ -153,7 +153,8 @@ def test_categories_match_registrable_domains_exactly(features):
     # the map holds registrable domains, which cannot tell google.com's subdomains apart).
     assert (x["share_search"], x["share_email"], x["share_other"]) == (0.25, 0.25, 0.5)
     assert x["unique_tlds"] == 2  # com, net
-    assert x["subdomain_depth_mean"] == pytest.approx((1 + 0 + 0) / 3)  # mail.; google.com.evil.net is its own
+    # mail.google.com is one label deep; google.com.evil.net is its own registrable domain's host.
+    assert x["subdomain_depth_mean"] == pytest.approx((1 + 0 + 0) / 3)
 
 
 def test_single_visit_has_no_transitions(features):
@@ -204,8 +205,8 @@ def test_standardize_z_scores_and_zero_variance(spark):
     varying = [1.0, 2.0, 3.0, 4.0]
     rows = [(f"s{i}", "u", *([x, 10.0 - x * x] + [7.0] * (len(FEATURE_COLUMNS) - 2)))
             for i, x in enumerate(varying)]
-    schema = T.StructType([T.StructField("session_id", T.StringType()), T.StructField("user_id", T.StringType()),
-                           *[T.StructField(c, T.DoubleType()) for c in FEATURE_COLUMNS]])
+    keys = [T.StructField("session_id", T.StringType()), T.StructField("user_id", T.StringType())]
+    schema = T.StructType([*keys, *[T.StructField(c, T.DoubleType()) for c in FEATURE_COLUMNS]])
     out = standardize(spark.createDataFrame(rows, schema)).orderBy("session_id").collect()
     emb = np.array([r.embedding for r in out])
     assert emb.shape == (4, len(FEATURE_COLUMNS))

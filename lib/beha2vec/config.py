@@ -191,6 +191,7 @@ def _describe(annotation: Any) -> str:
 
 
 def _apply(section: Any, values: dict[str, Any], prefix: str, origin: str) -> None:
+    """Set ``values`` on ``section``; mappings (prices, prefixes, extra Spark settings) merge."""
     hints = typing.get_type_hints(type(section))
     for key, value in values.items():
         dotted = f"{prefix}{key}"
@@ -204,6 +205,8 @@ def _apply(section: Any, values: dict[str, Any], prefix: str, origin: str) -> No
                 raise ConfigError(f"{origin}: '{dotted}' must be a mapping of settings")
             _apply(current, value, f"{dotted}.", origin)
             continue
+        if isinstance(current, dict) and isinstance(value, dict):
+            value = {**current, **value}
         try:
             setattr(section, key, _coerce(value, hints[key]))
         except TypeError:

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "openai:"
 CACHE_TABLE = "embedding_cache"
+NOT_SENT = "not sent: an earlier request of the same task failed"
 
 CLIP = T.StructType([
     T.StructField("text", T.StringType()),
@@ -204,7 +205,8 @@ def validate(conf: OpenAIConfig) -> None:
     positive = ("max_inputs_per_request", "max_tokens_per_input", "max_tokens_per_request", "concurrency",
                 "chunk_texts", "timeout_s")
     bad = [k for k in positive if getattr(conf, k) <= 0]
-    bad += [k for k in ("max_retries", "backoff_base_s", "backoff_max_s", "dimensions") if getattr(conf, k) < 0]
+    bad += [k for k in ("max_retries", "backoff_base_s", "backoff_max_s", "dimensions")
+            if getattr(conf, k) < 0]
     if bad:
         raise ValueError("embed.openai." + ", embed.openai.".join(bad) + " must be positive "
                          "(max_retries, backoff and dimensions may be 0)")
@@ -252,7 +254,7 @@ def embed_texts_openai(
             _embed_missing(ctx, key, settings, todo, estimate, conf.chunk_texts)
     finally:
         todo.unpersist()
-    return texts.select("text_hash").distinct().join(
+    return texts.select("text_hash").join(
         _cached(ctx, key).select("text_hash", "dim", "embedding").dropDuplicates(["text_hash"]), "text_hash"
     )
 
@@ -320,29 +322,43 @@ def _embed_missing(
     done = 0
     for i in range(n_chunks):
         chunk = todo.where(bucket == i).select("text_hash", "text", "tokens").repartition(parts)
-        results = chunk.mapInPandas(_embed_partition(settings), RESULT).localCheckpoint(eager=True)
-        counts = {r["ok"]: r["n"] for r in results.groupBy(F.col("error").isNull().alias("ok"))
-                  .agg(F.count(F.lit(1)).alias("n")).collect()}
-        ok, failed = counts.get(True, 0), counts.get(False, 0)
-        if ok:
-            ctx.lake.write(
-                results.where(F.col("error").isNull()).select(
-                    F.lit(key).alias("model"), "text_hash", "dim", "embedding", "tokens",
-                    F.lit(dt.datetime.now(dt.UTC)).cast("timestamp").alias("created_at"),
-                ),
-                CACHE_TABLE, mode="append",
-            )
+        results = chunk.mapInPandas(_embed_partition(settings), RESULT).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            ok, failed, reason = _write_chunk(ctx, key, results)
+        finally:
+            results.unpersist()
         done += ok
         log.info("%s: chunk %d/%d embedded %d texts (%d of %d in this run)", key, i + 1, n_chunks, ok, done,
                  estimate.texts)
         if failed:
-            first = results.where(F.col("error").isNotNull()).select("error").first()
-            reason = first["error"] if first else "unknown error"
             raise OpenAIEmbedError(
                 f"{estimate.model}: {failed:,} texts of chunk {i + 1}/{n_chunks} could not be embedded "
                 f"through {settings.base_url}: {reason}. The {done:,} texts embedded in this run are in "
                 f"the cache ({key}); re-run to embed only the {estimate.texts - done:,} still missing"
             )
+
+
+def _write_chunk(ctx: Context, key: str, results: DataFrame) -> tuple[int, int, str]:
+    """Append a chunk's embedded rows as one commit: texts embedded, texts failed, a real failure.
+
+    The counting job fills the cache of ``results`` (the requests run there, once); the write and
+    the error lookup read that cache, so no request is sent twice.
+    """
+    error = F.col("error")
+    counts = {r["ok"]: (r["n"], r["error"]) for r in results.groupBy(error.isNull().alias("ok")).agg(
+        F.count(F.lit(1)).alias("n"), F.min_by(error, error.startswith(NOT_SENT)).alias("error"),
+    ).collect()}
+    ok = counts.get(True, (0, None))[0]
+    failed, reason = counts.get(False, (0, None))
+    if ok:
+        ctx.lake.write(
+            results.where(F.col("error").isNull()).select(
+                F.lit(key).alias("model"), "text_hash", "dim", "embedding", "tokens",
+                F.lit(dt.datetime.now(dt.UTC)).cast("timestamp").alias("created_at"),
+            ),
+            CACHE_TABLE, mode="append",
+        )
+    return ok, failed, reason or "unknown error"
 
 
 @functools.cache
@@ -418,7 +434,8 @@ def _client(settings: _Settings) -> Any:
             try:
                 import openai
             except ImportError:
-                raise RuntimeError("openai:<model> embedders need the openai package: pip install openai") from None
+                raise RuntimeError("openai:<model> embedders need the openai package: "
+                                   "pip install openai") from None
             client = openai.OpenAI(base_url=settings.base_url, api_key=settings.api_key.value,
                                    timeout=settings.timeout_s, max_retries=0)
             _CLIENTS[key] = client
@@ -445,7 +462,7 @@ def _embed_partition(settings: _Settings) -> Callable[[Iterator[pd.DataFrame]], 
 
         def send(bounds: tuple[int, int]) -> tuple[list[np.ndarray] | None, str | None]:
             if stop.is_set():
-                return None, "not sent: an earlier request of the same task failed"
+                return None, NOT_SENT
             try:
                 return _embed_with_retries(client, settings, texts[bounds[0]:bounds[1]]), None
             except _RequestFailed as exc:
@@ -479,9 +496,7 @@ def _frame(hashes: list[str], tokens: list[int], vectors: list[np.ndarray] | Non
     })
 
 
-def _embed_with_retries(
-    client: Any, settings: _Settings, inputs: list[str], sleep: Callable[[float], None] = time.sleep
-) -> list[np.ndarray]:
+def _embed_with_retries(client: Any, settings: _Settings, inputs: list[str]) -> list[np.ndarray]:
     """One request's vectors, retrying what may pass on a later attempt; bounded by ``max_retries``."""
     kwargs: dict[str, Any] = {"model": settings.model, "input": inputs}
     if settings.dimensions > 0:
@@ -498,7 +513,7 @@ def _embed_with_retries(
             if not failure.retriable or attempt > settings.max_retries:
                 message = f"{failure.reason} (after {attempt} attempt{'s' if attempt > 1 else ''})"
                 raise _RequestFailed(_redact(message, settings.api_key)) from None
-            sleep(_delay(settings, attempt, failure.retry_after))
+            time.sleep(_delay(settings, attempt, failure.retry_after))
 
 
 def _vectors(response: Any, n: int, dimensions: int) -> list[np.ndarray]:

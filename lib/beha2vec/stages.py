@@ -5,6 +5,7 @@ These are the only functions that combine I/O with logic; the CLI and ``jobs/`` 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from contextlib import contextmanager
@@ -100,9 +101,14 @@ def _model_rows(ctx: Context, model: str, sessions, details: dict):
     if kind == "openai":
         from beha2vec.embed_openai import embed_texts_openai
 
+        def announce(estimate) -> None:
+            print(f"embed {model}: {estimate}")
+            details["estimate"] = dataclasses.asdict(estimate)
+
         texts = embed_lib.distinct_texts(sessions).persist(StorageLevel.MEMORY_AND_DISK)
         details["distinct_texts"] = texts.count()
-        return embed_lib.join_back(sessions, embed_texts_openai(ctx, model, texts), model), texts
+        vectors = embed_texts_openai(ctx, model, texts, on_estimate=announce)
+        return embed_lib.join_back(sessions, vectors, model), texts
     if kind == "tfidf":
         documents = embed_lib.visit_tokens(sessions, conf.tfidf_path_segments)
         fitted = embed_lib.fit_tfidf(documents, conf)
