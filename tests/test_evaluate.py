@@ -83,7 +83,7 @@ def test_random_vectors_score_near_chance():
     recall = centroid_retrieval(X, labels, seed=0, test_fraction=0.25)
     assert accuracy < 0.3 and macro_f1 < 0.3  # chance is 0.1 over 100 held-out sessions
     assert recall[1] < 0.3 and 0.3 < recall[5] < 0.75  # chance 0.1 and 0.5
-    assert abs(silhouette(X, labels, "cosine")) < 0.05
+    assert -0.1 < silhouette(X, labels, "cosine") < 0.02  # noise sits slightly closer to other users
 
 
 def test_split_holds_out_a_share_of_every_user_and_is_seeded():
@@ -142,7 +142,8 @@ def population(spark):
 
 
 def keys(df):
-    return sorted((r.model, r.user_id, r.session_id) for r in df.select("model", "user_id", "session_id").collect())
+    picked = df.select("model", "user_id", "session_id").collect()
+    return sorted((r.model, r.user_id, r.session_id) for r in picked)
 
 
 def test_sample_respects_the_limits_and_is_shared_by_every_model(population):
@@ -162,9 +163,9 @@ def test_sample_is_deterministic_whatever_the_partitioning(population):
     first = keys(sample_sessions(population, c))
     shuffled = population.repartition(3).orderBy("session_id", ascending=False)
     assert keys(sample_sessions(shuffled, c)) == first
-    picks = {tuple(keys(sample_sessions(population, conf(min_sessions=3, max_users=2, max_sessions_per_user=4,
-                                                          seed=s)))) for s in range(6)}
-    assert len(picks) > 1  # the seed, not the data order, decides
+    reseeded = (keys(sample_sessions(population, conf(min_sessions=3, max_users=2, max_sessions_per_user=4,
+                                                      seed=s))) for s in range(6))
+    assert any(pick != first for pick in reseeded)  # the seed, not the data order, decides
 
 
 def test_too_few_users_says_how_many_sessions_are_needed(population):

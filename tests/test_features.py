@@ -58,7 +58,8 @@ EXACT = session("exact", MON, [
     ("notgoogle.com", None, 0, 1),
     ("google.com", "https://mail.google.com/mail/u/0", 1, 1),
     ("gmail.com", "https://gmail.com", 2, 1),
-    ("google.com.evil.net", "http://google.com.evil.net/", 3, 1),
+    ("evil.net", "http://google.com.evil.net/", 3, 1),
+    ("/page", "(not set)", 4, 1),
 ])
 # Boundaries are exclusive: a 10 s dwell is no bounce, 300 s no long view, a 5 s gap not rapid.
 EDGES = session("edges", MON, [("a.com", None, 0, 10), ("b.com", None, 5, 300)])
@@ -150,11 +151,12 @@ def test_path_units_take_category_and_tld_from_url_host(features):
 def test_categories_match_registrable_domains_exactly(features):
     x = features[1]["exact"]
     # notgoogle.com and google.com.evil.net are not google.com; mail.google.com is (search, not email:
-    # the map holds registrable domains, which cannot tell google.com's subdomains apart).
-    assert (x["share_search"], x["share_email"], x["share_other"]) == (0.25, 0.25, 0.5)
-    assert x["unique_tlds"] == 2  # com, net
-    # mail.google.com is one label deep; google.com.evil.net is its own registrable domain's host.
-    assert x["subdomain_depth_mean"] == pytest.approx((1 + 0 + 0) / 3)
+    # the map holds registrable domains, which cannot tell google.com's subdomains apart); a path
+    # whose URL has no host has no domain.
+    assert (x["share_search"], x["share_email"], x["share_other"]) == (0.2, 0.2, 0.6)
+    assert (x["unique_domains"], x["unique_tlds"]) == (4, 2)  # com, net
+    # mail. is one label deep, gmail.com none, google.com. two (under evil.net); unknown hosts skipped.
+    assert x["subdomain_depth_mean"] == 1
 
 
 def test_single_visit_has_no_transitions(features):

@@ -41,6 +41,7 @@ TIME_OF_DAY = (("night", 0, 6), ("morning", 6, 12), ("afternoon", 12, 18), ("eve
 
 # Scheme and user info are optional: panel logs hold URLs such as "www.google.com/search".
 HOST_RE = r"^(?:[A-Za-z][A-Za-z0-9+.\-]*://|//)?(?:[^@/?#]*@)?([^/:?#]*)"
+HOSTNAME_RE = r"^[\p{L}\p{N}_-]+(\.[\p{L}\p{N}_-]+)*$"
 IPV4_RE = r"^[0-9]+(\.[0-9]+){3}$"
 
 TEMPORAL = ["start_hour", "end_hour", "weekday", "is_weekend", "is_working_hours",
@@ -63,7 +64,9 @@ def _entry_problem(domain: str, category: str) -> str | None:
     are matched on theirs exactly (a subdomain key would silently never match)."""
     if category not in CATEGORIES:
         return f"unknown category '{category}' for '{domain}'; categories: {', '.join(CATEGORIES)}"
-    if "." not in domain or registrable_domain(f"x.{domain}") != domain:
+    if "." not in domain:
+        return f"'{domain}' is not a domain name"
+    if registrable_domain(f"x.{domain}") != domain:
         hint = registrable_domain(domain)
         use = f"; use '{hint}'" if hint != domain else " (it is a public suffix)"
         return (f"'{domain}' is not a registrable domain{use}: visits are matched on their "
@@ -137,9 +140,9 @@ def _gaps(times: str) -> Column:
 
 
 def _host(url: Column) -> Column:
-    """Lower-case host of a URL, '' when there is none."""
-    host = F.lower(F.regexp_extract(url, HOST_RE, 1))
-    return F.coalesce(F.regexp_replace(host, r"\.$", ""), F.lit(""))
+    """Lower-case host of a URL, '' when there is none or it is no host name ("(not set)")."""
+    host = F.regexp_replace(F.lower(F.regexp_extract(url, HOST_RE, 1)), r"\.$", "")
+    return F.when(host.rlike(HOSTNAME_RE), host).otherwise(F.lit(""))
 
 
 def _is_domain_unit(unit: Column) -> Column:
@@ -286,7 +289,7 @@ def transition_features(df: DataFrame, conf: FeaturesConfig) -> DataFrame:
     return df.withColumns({
         "gap_mean_s": _mean(_gaps("times")),
         "rapid_transitions": _count(_gaps("times"), lambda g: g < conf.rapid_transition_s),
-        "switch_rate": _ratio(switches, F.col("n") - 1),
+        "switch_rate": _ratio(switches, F.greatest(F.col("n") - 1, F.lit(0))),
         "aba_patterns": aba,
     })
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import types as T
 
+from beha2vec.features import FEATURE_COLUMNS
+
 
 @dataclass(frozen=True)
 class TableSpec:
@@ -114,6 +116,12 @@ RUNS = _s(
     ("details", T.StringType()),
 )
 
+SESSION_FEATURES = _s(
+    ("session_id", T.StringType()),
+    ("user_id", T.StringType()),
+    *((name, T.DoubleType()) for name in FEATURE_COLUMNS),
+)
+
 SESSION_EMBEDDINGS = _s(
     ("session_id", T.StringType()),
     ("user_id", T.StringType()),
@@ -152,6 +160,7 @@ TABLES: dict[str, TableSpec] = {
                   partition_by=("stage", "source")),
         TableSpec("sessions", SESSIONS, "per-user visit sequences cut by inactivity or session id"),
         TableSpec("runs", RUNS, "one row per stage run, with conserved row counts"),
+        TableSpec("session_features", SESSION_FEATURES, "behavioural features of each session"),
         TableSpec("session_embeddings", SESSION_EMBEDDINGS,
                   "one vector per session and model: dense `embedding`, or sparse `indices`/`values`",
                   partition_by=("model",)),
