@@ -133,8 +133,9 @@ def _cmd_tables(ctx: Context, args: argparse.Namespace) -> None:
 def _print_evaluation(table) -> None:
     from beha2vec.sql import format_table
 
-    print("evaluate: how well each model separates (silhouette) and identifies users")
-    print(format_table(table.reset_index()))
+    print("evaluate: how well each model separates users (silhouette), identifies them (accuracy, "
+          "recall) and groups personas (purity); *_chance is the floor")
+    print(format_table(table.reset_index().round(3)))
 
 
 def _summary(ctx: Context) -> None:

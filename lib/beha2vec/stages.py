@@ -33,13 +33,14 @@ def ingest(ctx: Context, source: str, paths: list[str]) -> dict:
         try:
             counts = {r["ok"]: r["n"] for r in typed.groupBy(F.col("reason").isNull().alias("ok"))
                       .agg(F.count(F.lit(1)).alias("n")).collect()}
-            ranked = ingest_lib.rank_duplicates(typed.where(F.col("reason").isNull()).drop("raw"))
-            ranked = ranked.persist(StorageLevel.MEMORY_AND_DISK)
-            events = ctx.lake.write(ingest_lib.to_events(ranked, conf), "events",
-                                    replace={"source": source})
-            rejects = ctx.lake.write(ingest_lib.to_rejects(typed, ranked, run.run_id, conf), "rejects",
+            collapsed = ingest_lib.collapse_duplicates(typed.where(F.col("reason").isNull()).drop("raw"))
+            collapsed = collapsed.persist(StorageLevel.MEMORY_AND_DISK)
+            events = ctx.lake.write(
+                ingest_lib.to_events(collapsed, conf, derive_durations=source == "webtracking"),
+                "events", replace={"source": source})
+            rejects = ctx.lake.write(ingest_lib.to_rejects(typed, collapsed, run.run_id, conf), "rejects",
                                      replace={"stage": "ingest", "source": source})
-            ranked.unpersist()
+            collapsed.unpersist()
         finally:
             typed.unpersist()
         run.rows_in = counts.get(True, 0) + counts.get(False, 0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from beha2vec.config import IngestConfig
@@ -101,31 +101,50 @@ def validate(candidates: DataFrame, conf: IngestConfig, now: dt.datetime) -> Dat
     )
 
 
-def rank_duplicates(valid: DataFrame) -> DataFrame:
-    """``dup_rank`` 1 for the first occurrence of each event (by file and line), 2+ for copies."""
-    w = Window.partitionBy("event_id").orderBy("file", "line", "offset")
-    return valid.withColumn("dup_rank", F.row_number().over(w))
+def collapse_duplicates(valid: DataFrame) -> DataFrame:
+    """One row per ``event_id``: the copy first by file and line, plus where the other copies were.
+
+    Exact duplicates agree on every event field, so one hash aggregation (no sort) keeps the
+    content and the earliest position; ``copies`` lists every position for the duplicate rejects.
+    """
+    content = [c for c in valid.columns if c not in ("event_id", "file", "line", "offset", "raw", "reason")]
+    position = F.struct(F.col("file"), F.col("line"), F.col("offset"))
+    grouped = valid.groupBy("event_id").agg(
+        F.first(F.struct(*content)).alias("c"),
+        F.min(position).alias("first"),
+        F.count(F.lit(1)).alias("n"),
+        F.collect_list(position).alias("copies"),
+    )
+    return grouped.select(
+        "event_id", "c.*", F.col("first.file").alias("file"), F.col("first.line").alias("line"),
+        F.col("first.offset").alias("offset"), "n",
+        F.when(F.col("n") > 1, F.array_remove("copies", F.col("first"))).alias("copies"),
+    )
 
 
-def to_events(ranked: DataFrame, conf: IngestConfig) -> DataFrame:
-    first = normalize.finish(ranked.where(F.col("dup_rank") == 1))
-    first = normalize.derive_durations(first, conf.duration_cap_s)
-    return first.select(*EVENTS.fieldNames())
+def to_events(collapsed: DataFrame, conf: IngestConfig, derive_durations: bool) -> DataFrame:
+    """The events table's rows; web-tracking durations derived where the source lacks them."""
+    events = normalize.finish(collapsed)
+    if derive_durations:
+        events = normalize.derive_durations(events, conf.duration_cap_s)
+    return events.select(*EVENTS.fieldNames())
 
 
-def to_rejects(typed: DataFrame, ranked: DataFrame, run_id: str, conf: IngestConfig) -> DataFrame:
+def to_rejects(typed: DataFrame, collapsed: DataFrame, run_id: str, conf: IngestConfig) -> DataFrame:
     """Invalid records and duplicate copies, with provenance and reason."""
     cols = ["source", "file", "line", "offset", "raw", "reason"]
     invalid = typed.where(F.col("reason").isNotNull()).select(*cols)
-    event_cols = [c for c in EVENTS.fieldNames() if c in ranked.columns]
-    event_json = F.to_json(F.struct(*event_cols))
-    duplicates = ranked.where(F.col("dup_rank") > 1).select(
-        "source", "file", "line", "offset",
-        F.substring(event_json, 1, conf.reject_raw_chars).alias("raw"),
+    event_cols = [c for c in EVENTS.fieldNames() if c in collapsed.columns and c not in ("file", "line")]
+    copies = collapsed.where(F.col("n") > 1).select(
+        "source", "event_id", F.to_json(F.struct(*event_cols)).alias("event_json"),
+        F.explode("copies").alias("copy"),
+    )
+    duplicates = copies.select(
+        "source", F.col("copy.file").alias("file"), F.col("copy.line").alias("line"),
+        F.col("copy.offset").alias("offset"),
+        F.substring("event_json", 1, conf.reject_raw_chars).alias("raw"),
         F.concat(F.lit("exact duplicate of event "), F.col("event_id")).alias("reason"),
     )
     return invalid.unionByName(duplicates).select(
         F.lit(run_id).alias("run_id"), F.lit("ingest").alias("stage"), *cols
     )
-
-
