@@ -51,7 +51,8 @@ lint: setup
 	$(BIN)/ruff check lib jobs tests bench
 
 bench: setup
-	$(BIN)/python bench/sessionize.py
+	$(BIN)/python bench/sessionize.py --events 1000000 --repeats 3
+	$(BIN)/python bench/embed.py
 
 clean:
 	rm -rf $(LAKE) data/sample spark-warehouse metastore_db .pytest_cache .ruff_cache

@@ -6,11 +6,13 @@ one torch thread each) on the claim that this beats one process using both cores
 (synthetic GA4 events through the project's own ingest and sessionize), and puts the rate in
 context:
 
-* Spark: ``embed_texts_st`` run on every text (a small aggregate over its rows forces it), after
-  one cold run that loads the model in each worker, reported apart. Direct:
-  ``SentenceTransformer.encode`` with two torch threads in a subprocess, so thread settings do not
-  leak. Settings variants of both paths are interleaved run by run, so load from other work on
-  this shared machine hits them alike; each run notes the 1-minute load average before and after.
+* Spark: ``embed_texts_st`` run on every text (a small aggregate over its rows forces it); a run
+  in which a Python worker new to the session took part loaded the model inside the timing, so it
+  is reported apart and run again. Direct: ``SentenceTransformer.encode`` with two torch threads
+  in a subprocess, so thread settings do not leak. A one-run sweep of batch sizes picks each
+  path's best; the defaults and the best then run ``--repeats`` times, interleaved, so load from
+  other work on this shared machine hits them alike. Every run notes the 1-minute load average
+  before and after, and its CPU seconds, which other work moves much less than wall time.
 * FLOPs per sentence counted by torch's ``FlopCounterMode`` once per token length present (with
   eager attention: the CPU SDPA kernel has no FLOP formula and would count zero), cross-checked
   with the BERT formula; the practical peak is a large fp32 matmul on two threads.
@@ -45,8 +47,8 @@ ENV = {"PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1", "HF_HUB_
        "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 GA4 = {"users": 1000, "days": 28, "personas": 5, "seed": 1}
 # (batch_size, arrow_batch_size); the first is the project default (conf/local.yaml).
-SPARK_SETTINGS = [(64, 2048), (32, 2048), (128, 2048), (64, 256)]
-DIRECT_BATCHES = [64, 32, 128]
+SPARK_SETTINGS = [(64, 2048), (16, 2048), (32, 2048), (128, 2048), (64, 256)]
+DIRECT_BATCHES = [64, 16, 32, 128]
 LAYERS, HIDDEN, INTERMEDIATE = 6, 384, 1536  # all-MiniLM-L6-v2
 OPENAI = {"texts": 5000, "max_inputs": 100, "concurrency": 4, "latency_s": 0.2, "model": "openai:bench-fake"}
 
@@ -361,7 +363,7 @@ def markdown(r: dict, argv: list[str]) -> str:
                       for name, run in r["sweep"][path].items())
     sd, dd = r["spark"][r["default"]["spark"]], r["direct"][r["default"]["direct"]]
     sb, db = r["spark"][r["best"]["spark"]], r["direct"][r["best"]["direct"]]
-    cold = r["spark_cold"]
+    cold = [x["seconds"] for x in r["spark_cold"]]
     lines = [
         f"Command: `{' '.join(['python bench/embed.py', *argv])}`",
         f"Machine: {m['nproc']} cores ({m['cpu']}, {', '.join(m['simd'])}), {m['memory_gib']} GiB, Python "
@@ -378,10 +380,11 @@ def markdown(r: dict, argv: list[str]) -> str:
         f"against best ({r['best']['spark']} vs {r['best']['direct']}); per CPU second "
         f"{sd['per_cpu_s'] / dd['per_cpu_s']:.2f}x at the defaults. Aim: at least 1.2x.",
         f"- Best settings from a sweep of one run each (sentences/s): {sweep}.",
-        f"- Spark runs are warm: each of the 2 workers loaded the model once and kept it "
-        f"({'same worker pids in every run' if r['worker_loads_ok'] else 'WORKERS CHANGED OR RELOADED'}). "
-        f"The cold first run, which imports torch and loads the model in each worker, took "
-        f"{cold['seconds']} s ({t['n'] / cold['seconds']:.1f} sentences/s). Direct import + load: "
+        f"- Spark medians are warm runs: a run in which a Python worker new to the session took part "
+        f"(it imports torch and loads the model inside the timing) was run again. Spark started "
+        f"{r['workers_started']} Python workers for 2 task slots over these back-to-back jobs, each loading "
+        f"the model once ({'never reloaded' if r['worker_loads_ok'] else 'SOME RELOADED'}); the "
+        f"{len(cold)} runs with new workers took {cold} s. Direct import + load: "
         f"{r['direct_import_load_s']} s, not timed. CPU: Spark's counts the JVM and the workers; direct's, "
         "its process.",
         f"- FLOPs per sentence: {f['gflop_per_sentence']} GFLOP measured (torch FlopCounterMode with eager "
@@ -455,13 +458,22 @@ def main(argv: list[str] | None = None) -> int:
     spark_runs = {f"batch {b}, Arrow {a}": (b, a) for b, a in SPARK_SETTINGS}
     direct_runs = {f"batch {b}": b for b in DIRECT_BATCHES}
 
+    r["spark_cold"], seen = [], set()
+
     def run(path: str, name: str) -> dict:
-        out = (spark_run(spark, texts_df, *spark_runs[name]) if path == "spark"
-               else in_subprocess("direct", texts_file, direct_runs[name]))
-        print(f"  {path} {name}: {out}", flush=True)
+        """One timed run; a Spark run again (up to twice) when a Python worker new to this session
+        took part, as that worker loaded the model inside the timing (kept in ``spark_cold``)."""
+        for _ in range(3):
+            out = (spark_run(spark, texts_df, *spark_runs[name]) if path == "spark"
+                   else in_subprocess("direct", texts_file, direct_runs[name]))
+            print(f"  {path} {name}: {out}", flush=True)
+            if path == "direct" or out["workers"].keys() <= seen:
+                break
+            seen.update(out["workers"])
+            r["spark_cold"].append(out)
         return out
 
-    r["spark_cold"] = run("spark", next(iter(spark_runs)))
+    run("spark", next(iter(spark_runs)))  # warm-up
     r["sweep"] = {"spark": {n: run("spark", n) for n in spark_runs},
                   "direct": {n: run("direct", n) for n in direct_runs}}
     r["default"] = {"spark": next(iter(spark_runs)), "direct": next(iter(direct_runs))}
@@ -474,9 +486,8 @@ def main(argv: list[str] | None = None) -> int:
                 r["runs"][p][n].append(run(p, n))
     texts_df.unpersist()
     every = {p: [*r["sweep"][p].values(), *(x for v in r["runs"][p].values() for x in v)] for p in chosen}
-    pids = r["spark_cold"]["workers"].keys()
-    r["worker_loads_ok"] = all(x["workers"].keys() == pids for x in every["spark"]) and all(
-        w["loads"] == 1 for x in every["spark"] for w in x["workers"].values())
+    r["worker_loads_ok"] = all(w["loads"] == 1 for x in every["spark"] for w in x["workers"].values())
+    r["workers_started"] = len(seen)
     for p in ("spark", "direct"):
         r[p] = {n: summary(v, len(texts)) for n, v in r["runs"][p].items()}
     r["direct_import_load_s"] = statistics.median(x["import_load_s"] for x in every["direct"])

@@ -178,6 +178,7 @@ def spark_run(data: dict, workdir: Path, tag: str) -> dict:
         "seconds": round(result["ingest"]["seconds"] + result["sessionize"]["seconds"], 2),
         "cpu_seconds": round(result["ingest"]["cpu_seconds"] + result["sessionize"]["cpu_seconds"], 1),
         "peak_rss_gib": max(result["ingest"]["peak_rss_gib"], result["sessionize"]["peak_rss_gib"]),
+        "load_after": max(result["ingest"]["load_after"], result["sessionize"]["load_after"]),
     }
 
 
