@@ -18,7 +18,7 @@ from beha2vec.tables import EVENTS
 def sessions_lake(ctx):
     """Six sessions of three users whose texts repeat: three distinct texts."""
     rows = []
-    for u, user in enumerate(("a", "b", "c")):
+    for user in ("a", "b", "c"):
         for k in range(2):
             t = k * 86_400 * 7  # same weekday and time a week apart: same text
             rows += [ev(user, t, f"/shop/{user}/item", line=1), ev(user, t + 10, "/cart", line=2)]

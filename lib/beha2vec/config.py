@@ -108,7 +108,7 @@ class OpenAIConfig:
 @dataclass
 class EmbedConfig:
     models: list[str] = field(default_factory=lambda: ["minilm"])
-    batch_size: int = 64
+    batch_size: int = 32
     arrow_batch_size: int = 2048
     torch_threads: int = 1
     device: str = "auto"

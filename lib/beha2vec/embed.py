@@ -1,11 +1,11 @@
 """Session embeddings: swappable embedders chosen by name, applied in parallel by Spark.
 
-| name | what | input |
-|---|---|---|
-| ``minilm`` or any sentence-transformers name/path | iterator pandas UDF, model loaded once per Python worker | ``sequence_text`` |
-| ``openai:<model>`` | any OpenAI-compatible embeddings API, cached in Delta (``embed_openai``) | ``sequence_text`` |
-| ``tfidf`` | Spark MLlib CountVectorizer + IDF over visit units (sparse) | ``domains`` |
-| ``features`` | standardised ``session_features`` | ``session_features`` |
+- ``minilm`` or any sentence-transformers name or path: an iterator pandas UDF over
+  ``sequence_text``, the model loaded once per Python worker;
+- ``openai:<model>``: any OpenAI-compatible embeddings API over ``sequence_text``, cached in Delta
+  (``embed_openai``);
+- ``tfidf``: Spark MLlib CountVectorizer + IDF over the visit units (sparse rows);
+- ``features``: the standardised ``session_features``.
 
 Text models embed each distinct ``sequence_text`` once and join the vectors back to sessions.
 """
