@@ -362,7 +362,12 @@ def markdown(r: dict, argv: list[str]) -> str:
     sweep = "; ".join(f"{path} {name}: {t['n'] / run['seconds']:.1f}" for path in ("spark", "direct")
                       for name, run in r["sweep"][path].items())
     sd, dd = r["spark"][r["default"]["spark"]], r["direct"][r["default"]["direct"]]
-    sb, db = r["spark"][r["best"]["spark"]], r["direct"][r["best"]["direct"]]
+    best = {p: max(r[p], key=lambda n: r[p][n]["per_s"]) for p in ("spark", "direct")}  # by medians
+    sb, db = r["spark"][best["spark"]], r["direct"][best["direct"]]
+    top = max(s["load_max"] for p in ("spark", "direct") for s in r[p].values())
+    contended = (f"- **Contended:** the load average reached {top} on {m['nproc']} cores during these runs, "
+                 "so other work took CPU from them unevenly; wall-time ratios are unreliable, sentences "
+                 "per CPU second is the steadier comparison." if top > m["nproc"] + 0.5 else None)
     cold = [x["seconds"] for x in r["spark_cold"]]
     lines = [
         f"Command: `{' '.join(['python bench/embed.py', *argv])}`",
@@ -377,13 +382,17 @@ def markdown(r: dict, argv: list[str]) -> str:
         "", *table, "",
         f"- Spark / direct throughput: **{sd['per_s'] / dd['per_s']:.2f}x** at the defaults "
         f"({r['default']['spark']} vs {r['default']['direct']}), **{sb['per_s'] / db['per_s']:.2f}x** best "
-        f"against best ({r['best']['spark']} vs {r['best']['direct']}); per CPU second "
-        f"{sd['per_cpu_s'] / dd['per_cpu_s']:.2f}x at the defaults. Aim: at least 1.2x.",
-        f"- Best settings from a sweep of one run each (sentences/s): {sweep}.",
+        f"against best by the medians above ({best['spark']} vs {best['direct']}); per CPU second "
+        f"{sd['per_cpu_s'] / dd['per_cpu_s']:.2f}x at the defaults, {sb['per_cpu_s'] / db['per_cpu_s']:.2f}x "
+        "best against best. Aim: at least 1.2x.",
+        *([contended] if contended else []),
+        f"- Sweep, one run each (sentences/s), which chose the non-default rows: {sweep}.",
         f"- Spark medians are warm runs: a run in which a Python worker new to the session took part "
         f"(it imports torch and loads the model inside the timing) was run again. Spark started "
-        f"{r['workers_started']} Python workers for 2 task slots over these back-to-back jobs, each loading "
-        f"the model once ({'never reloaded' if r['worker_loads_ok'] else 'SOME RELOADED'}); the "
+        f"{r['workers_started']} Python workers for its 2 task slots in this run, each loading the model "
+        f"once ({'none reloaded' if r['worker_loads_ok'] else 'SOME RELOADED'}): it ends Python workers "
+        "idle for a minute (hard-coded in PythonWorkerFactory), as during long direct runs, and a job "
+        "right after another may start a new pair before the last is released. The "
         f"{len(cold)} runs with new workers took {cold} s. Direct import + load: "
         f"{r['direct_import_load_s']} s, not timed. CPU: Spark's counts the JVM and the workers; direct's, "
         "its process.",
