@@ -94,7 +94,6 @@ def _msnbc(spark: SparkSession, paths: list[str], conf: IngestConfig) -> DataFra
 def validate(candidates: DataFrame, conf: IngestConfig, now: dt.datetime) -> DataFrame:
     """Typed candidates with ``reason`` and ``event_id``; ``raw`` kept only where rejected."""
     typed = normalize.type_fields(candidates, conf, now)
-    typed = normalize.add_url_parts(typed)
     typed = normalize.event_id(typed)
     return typed.withColumn(
         "raw", F.when(F.col("reason").isNotNull(), F.substring("raw", 1, conf.reject_raw_chars))
@@ -123,8 +122,12 @@ def collapse_duplicates(valid: DataFrame) -> DataFrame:
 
 
 def to_events(collapsed: DataFrame, conf: IngestConfig, derive_durations: bool) -> DataFrame:
-    """The events table's rows; web-tracking durations derived where the source lacks them."""
-    events = normalize.finish(collapsed)
+    """The events table's rows; web-tracking durations derived where the source lacks them.
+
+    URL parts come here, on de-duplicated rows without the raw text: the pandas UDF that computes
+    them makes Spark queue each whole input row while Python works, so the rows must be narrow.
+    """
+    events = normalize.add_url_parts(normalize.finish(collapsed))
     if derive_durations:
         events = normalize.derive_durations(events, conf.duration_cap_s)
     return events.select(*EVENTS.fieldNames())

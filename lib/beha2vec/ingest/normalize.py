@@ -119,9 +119,15 @@ def derive_durations(df: DataFrame, cap_s: float) -> DataFrame:
     )
 
 
+DERIVED = ("event_id", "event_date", "host", "domain", "path", "src_file", "src_line")
+
+
 def event_id(df: DataFrame) -> DataFrame:
-    """Deterministic id from every event field: exact duplicates share it, nothing else does."""
-    content = [c for c in EVENTS.fieldNames() if c not in ("event_id", "event_date", "src_file", "src_line")]
+    """Deterministic id from every source field: exact duplicates share it, nothing else does.
+
+    Fields derived later (URL parts, date) follow from these and are left out.
+    """
+    content = [c for c in EVENTS.fieldNames() if c not in DERIVED] + ["domain_raw"]
     parts = [F.coalesce(F.col(c).cast("string") if c != "items" else F.to_json("items"), F.lit("\u0000"))
              for c in content]
     return df.withColumn("event_id", F.md5(F.concat_ws("\u0001", *parts)))
