@@ -2,7 +2,7 @@
 
 Why it exists: a benchmark of the Spark path means little without the strongest simple alternative
 a competent engineer would write on one machine. This is it, for GA4 NDJSON(.gz) exports, doing the
-same work with the same rules and the same settings (``beha2vec.config`` defaults):
+same work with the same rules and the same settings (``--conf``/``--set`` as for ``beha2vec``):
 
 * parse every line, take the first value of each event parameter the pipeline uses, type the
   timestamp (s/ms/µs/ns by magnitude, or ISO text), engagement time and revenue, and reject a record
@@ -49,7 +49,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from beha2vec.config import IngestConfig, SessionizeConfig
+from beha2vec.config import Config, IngestConfig, SessionizeConfig, load_config
 from beha2vec.models import load_tokenizer
 from beha2vec.sequence_text import NO_VISITS, cap_pieces
 from beha2vec.urls import split_url
@@ -271,7 +271,7 @@ def sessionize(ev: pd.DataFrame, units: np.ndarray, conf: SessionizeConfig) -> p
         pd.DataFrame(texts, columns=["sequence_text", "text_tokens", "text_truncated"]))
 
 
-def run(paths: list[Path], out: Path | None) -> dict:
+def run(paths: list[Path], out: Path | None, config: Config) -> dict:
     """Ingest and sessionize ``paths``: the counts, and the seconds each phase took."""
     clock, phases = time.perf_counter(), {}
 
@@ -283,11 +283,11 @@ def run(paths: list[Path], out: Path | None) -> dict:
     vocab = {k: Vocab() for k in FIELDS}
     df = pd.concat([read_file(p, i, vocab) for i, p in enumerate(paths)], ignore_index=True)
     lap("read")
-    reason = validate(df, vocab["user"].values(), IngestConfig())
+    reason = validate(df, vocab["user"].values(), config.ingest)
     valid = reason < 0
     dup = np.zeros(len(df), dtype=bool)
     dup[valid] = pd.Series(df["dup"].to_numpy()[valid]).duplicated().to_numpy()
-    conf = SessionizeConfig()
+    conf = config.sessionize
     ev, users, units = encode(df[valid & ~dup], vocab, conf)
     lap("validate")
     sessions = sessionize(ev, units, conf)
@@ -318,8 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", help="GA4 NDJSON(.gz) files, or folders of them")
     parser.add_argument("--out", type=Path, help="write the sessions to this parquet file")
+    parser.add_argument("--conf", action="append", default=[], help="beha2vec YAML settings")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, as beha2vec --set does")
     args = parser.parse_args(argv)
-    print(json.dumps(run(input_files(args.inputs), args.out)))
+    config = load_config(args.conf, args.set)
+    print(json.dumps(run(input_files(args.inputs), args.out, config)))
     return 0
 
 

@@ -90,7 +90,8 @@ def measure(cmd: list[str], log: Path) -> dict:
         sampler.join()
     text = log.read_text()
     if proc.returncode != 0:
-        raise RuntimeError(f"{cmd} failed ({proc.returncode}); see {log}:\n{text[-3000:]}")
+        errors = re.findall(r"^error: .*", text, re.M) or text.strip().splitlines()[-1:]
+        raise RuntimeError(f"exit {proc.returncode}: {errors[-1][:300] if errors else ''} ({log})")
     cpu = max(usage.ru_utime + usage.ru_stime, sum(ticks.values()) / os.sysconf("SC_CLK_TCK"))
     return {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 1),
             "peak_rss_gib": round(peak[0] / 2**30, 2), "load_after": round(os.getloadavg()[0], 1),
@@ -149,11 +150,12 @@ def spark_timeline(events_dir: Path) -> dict:
             "queries": [{k: v for k, v in q.items() if k != "start"} for q in queries.values()]}
 
 
-def spark_run(data: dict, workdir: Path, tag: str) -> dict:
-    """Ingest then sessionize on a fresh lake, each a ``beha2vec`` subprocess with an event log."""
+def spark_run(data: dict, workdir: Path, tag: str, settings: list[str]) -> dict:
+    """Ingest then sessionize on a fresh lake, each a ``beha2vec`` subprocess with an event log;
+    ``settings`` are ``KEY=VALUE`` overrides passed on as ``--set``."""
     lake, logs = workdir / "lakes" / tag, workdir / "logs" / tag
     shutil.rmtree(lake, ignore_errors=True)
-    result: dict = {"lake": str(lake)}
+    result: dict = {}
     for stage, args in (("ingest", ["ingest", "--source", "ga4", data["folder"]]),
                         ("sessionize", ["sessionize"])):
         events_dir = logs / f"events-{stage}"
@@ -164,7 +166,8 @@ def spark_run(data: dict, workdir: Path, tag: str) -> dict:
         conf = logs / f"{stage}.yaml"
         conf.write_text(json.dumps({"spark": {"progress_bar": False, "extra": extra}}))
         cmd = [str(Path(sys.executable).parent / "beha2vec"), "--conf", "conf/local.yaml",
-               "--conf", str(conf), "--lake", str(lake), *args]
+               "--conf", str(conf), *(a for kv in settings for a in ("--set", kv)),
+               "--lake", str(lake), *args]
         result[stage] = measure(cmd, logs / f"{stage}.log")
         result[stage]["timeline"] = spark_timeline(events_dir)
     num = lambda text: int(text.replace(",", ""))  # noqa: E731
@@ -173,7 +176,8 @@ def spark_run(data: dict, workdir: Path, tag: str) -> dict:
     s = re.search(r"sessionize: [\d,]+ events -> ([\d,]+) sessions \(([\d,]+) of bot",
                   result["sessionize"].pop("stdout"))
     return result | {
-        "records": num(m[1]), "events": num(m[2]), "rejected": num(m[3]), "sessions": num(s[1]),
+        "sessions_table": str(lake / "sessions"), "records": num(m[1]), "events": num(m[2]),
+        "rejected": num(m[3]), "sessions": num(s[1]),
         "bot_sessions": num(s[2]),
         "seconds": round(result["ingest"]["seconds"] + result["sessionize"]["seconds"], 2),
         "cpu_seconds": round(result["ingest"]["cpu_seconds"] + result["sessionize"]["cpu_seconds"], 1),
@@ -182,10 +186,12 @@ def spark_run(data: dict, workdir: Path, tag: str) -> dict:
     }
 
 
-def pandas_run(data: dict, workdir: Path, tag: str) -> dict:
-    """The pandas reference as a subprocess; its JSON summary merged into the measurement."""
+def pandas_run(data: dict, workdir: Path, tag: str, settings: list[str]) -> dict:
+    """The pandas reference as a subprocess, with the Spark path's settings; its JSON summary
+    merged into the measurement."""
     out = workdir / "logs" / tag / "pandas-sessions.parquet"
-    cmd = [sys.executable, "bench/pandas_reference.py", data["folder"], "--out", str(out)]
+    cmd = [sys.executable, "bench/pandas_reference.py", data["folder"], "--out", str(out),
+           "--conf", "conf/local.yaml", *(a for kv in settings for a in ("--set", kv))]
     result = measure(cmd, workdir / "logs" / tag / "pandas.log")
     summary = json.loads(result.pop("stdout").strip().splitlines()[-1])
     return result | summary | {"parquet": str(out)}
@@ -196,7 +202,7 @@ def compare(spark: dict, pandas: dict) -> dict:
     from deltalake import DeltaTable
 
     cols = ["user_id", "start_ts", "n_events", "n_visits", "sequence_text", "is_bot"]
-    a = DeltaTable(f"{spark['lake']}/sessions").to_pandas(columns=cols)
+    a = DeltaTable(spark["sessions_table"]).to_pandas(columns=cols)
     b = pd.read_parquet(pandas["parquet"], columns=cols)
     for df in (a, b):
         df["start_ts"] = pd.to_datetime(df["start_ts"], utc=True).astype("datetime64[us, UTC]")
@@ -228,27 +234,34 @@ def bench_size(target: int, args: argparse.Namespace, spark_start: dict) -> dict
     with_pandas = args.skip_pandas_above is None or data["events"] <= args.skip_pandas_above
     spark_runs: list[dict] = []
     pandas_runs: list[dict] = []
+    failures: list[str] = []
     check = None
     for r in range(args.repeats):
         tag = f"{data['events']}-r{r}"
-        s = spark_run(data, args.workdir, tag)
-        spark_runs.append(s)
-        print(f"  run {r}: spark ingest {s['ingest']['seconds']} s + sessionize "
-              f"{s['sessionize']['seconds']} s = {s['seconds']} s; {s['events']:,} events, "
-              f"{s['rejected']:,} rejected, {s['sessions']:,} sessions "
-              f"({s['bot_sessions']:,} bot); peak {s['peak_rss_gib']} GiB", flush=True)
+        try:
+            s = spark_run(data, args.workdir, tag, args.set)
+            spark_runs.append(s)
+            print(f"  run {r}: spark ingest {s['ingest']['seconds']} s + sessionize "
+                  f"{s['sessionize']['seconds']} s = {s['seconds']} s; {s['events']:,} events, "
+                  f"{s['rejected']:,} rejected, {s['sessions']:,} sessions "
+                  f"({s['bot_sessions']:,} bot); peak {s['peak_rss_gib']} GiB", flush=True)
+        except RuntimeError as exc:  # recorded and reported: a failure at scale is a result
+            s = None
+            failures.append(str(exc))
+            print(f"  run {r}: spark FAILED, {exc}", flush=True)
         if with_pandas:
-            p = pandas_run(data, args.workdir, tag)
+            p = pandas_run(data, args.workdir, tag, args.set)
             pandas_runs.append(p)
             print(f"  run {r}: pandas {p['seconds']} s {p['phase_seconds']}; "
                   f"{p['events']:,} events, {p['rejected']:,} rejected, {p['sessions']:,} sessions "
                   f"({p['bot_sessions']:,} bot); peak {p['peak_rss_gib']} GiB", flush=True)
-            if r == 0:
+            if check is None and s is not None:
                 check = compare(s, p)
                 print(f"  check: {check}", flush=True)
-        shutil.rmtree(s.pop("lake"), ignore_errors=True)
-    return {"target": target, "repeats": args.repeats, "spark_start": spark_start,
-            "data": data, "spark": spark_runs, "pandas": pandas_runs, "check": check}
+        shutil.rmtree(args.workdir / "lakes" / tag, ignore_errors=True)
+    return {"target": target, "repeats": args.repeats, "settings": args.set,
+            "spark_start": spark_start, "data": data, "spark": spark_runs,
+            "spark_failures": failures, "pandas": pandas_runs, "check": check}
 
 
 def machine() -> dict:
@@ -268,47 +281,43 @@ def report(results: dict) -> str:
             f"{'CPU s':>7} {'peak GiB':>9} {'pandas/spark':>12} {'load':>5}"]
     md = []
     for size in sizes:
-        ev, sp, pr = size["data"]["events"], size["spark"], size["pandas"]
-        ingest = statistics.median(r["ingest"]["seconds"] for r in sp)
-        sessionize = statistics.median(r["sessionize"]["seconds"] for r in sp)
-        n = size["repeats"]
+        ev, sp, pr, n = size["data"]["events"], size["spark"], size["pandas"], size["repeats"]
         runs = {"spark total": sp, "  ingest": [r["ingest"] for r in sp],
-                "  sessionize": [r["sessionize"] for r in sp], "  (spark start)": [],
-                "pandas": pr}
+                "  sessionize": [r["sessionize"] for r in sp],
+                "  (spark start)": [size["spark_start"]], "pandas": pr}
         for name, rs in runs.items():
-            if not rs and name != "  (spark start)":
-                continue
-            rs = rs or [size["spark_start"]]
-            sec, cpu = median(rs), median(rs, "cpu_seconds") if "cpu_seconds" in rs[0] else 0
-            ratio = f"{sec / median(sp):.2f}" if name == "pandas" else ""
-            rate = "-" if "start" in name else f"{ev / sec:,.0f}"
-            load = max((r.get("load_after", 0) for r in rs), default=0)
-            text.append(f"{ev:>12,} {name:<15} {n:>4} {sec:>9.1f} {rate:>10} {cpu:>7.1f} "
-                        f"{max(r['peak_rss_gib'] for r in rs):>9.2f} {ratio:>12} {load:>5}")
-        pandas_md = f"{median(pr):.1f} s" if pr else "not run (--skip-pandas-above)"
-        ratio_md = f"{median(pr) / median(sp):.2f}" if pr else "n/a"
-        md.append(f"| `python bench/sessionize.py --events {size['target']} --repeats {n}` "
+            if rs:
+                sec, cpu = median(rs), median(rs, "cpu_seconds")
+                ratio = f"{sec / median(sp):.2f}" if name == "pandas" and sp else ""
+                rate = "-" if "start" in name else f"{ev / sec:,.0f}"
+                text.append(f"{ev:>12,} {name:<15} {len(rs):>4} {sec:>9.1f} {rate:>10} {cpu:>7.1f} "
+                            f"{max(r['peak_rss_gib'] for r in rs):>9.2f} {ratio:>12} "
+                            f"{max(r['load_after'] for r in rs):>5}")
+        text += [f"{ev:>12,} spark FAILED    {f}" for f in size.get("spark_failures", [])]
+        spark_md = (f"{median(sp):.1f} s (ingest {median(runs['  ingest']):.1f} + sessionize "
+                    f"{median(runs['  sessionize']):.1f})" if sp else
+                    f"failed: {size['spark_failures'][0].split(' (')[0]}")
+        settings = "".join(f" --set {kv}" for kv in size.get("settings") or [])
+        md.append(f"| `python bench/sessionize.py --events {size['target']} --repeats {n}{settings}` "
                   f"| {ev:,} GA4 events, {size['data']['files']} daily .json.gz "
                   f"({size['data']['gzip_mb']} MB) | {m['nproc']} cores, {m['memory_gib']} GiB "
-                  f"| {median(sp):.1f} s (ingest {ingest:.1f} + sessionize {sessionize:.1f}) "
-                  f"| {pandas_md} | {ratio_md} |")
-    for size in sizes:
-        for stage in ("ingest", "sessionize"):
-            run = size["spark"][-1][stage]
+                  f"| {spark_md} | {f'{median(pr):.1f} s' if pr else 'not run'} "
+                  f"| {f'{median(pr) / median(sp):.2f}' if pr and sp else 'n/a'} |")
+        for stage in ("ingest", "sessionize") if sp else ():
+            run = sp[-1][stage]
             tl = run["timeline"]
-            text.append(f"spark {stage} of {size['data']['events']:,} events (last run): "
-                        f"{run['seconds']} s process, {tl['app_seconds']:.1f} s Spark application, "
+            text.append(f"  spark {stage} (last run): {run['seconds']} s process, "
+                        f"{tl['app_seconds']:.1f} s Spark application, "
                         f"{tl['setup_seconds']:.1f} s of it before the first query")
-            text += [f"  {q.get('seconds', 0):>7.1f} s {q['stages']:>3} stages "
+            text += [f"    {q.get('seconds', 0):>7.1f} s {q['stages']:>3} stages "
                      f"{q['tasks']:>4} tasks  {q['query']}" for q in tl["queries"]]
-    if len(sizes) > 1:
-        a, b = sizes[0], sizes[-1]
-        scale = b["data"]["events"] / a["data"]["events"]
+    a, b = sizes[0], sizes[-1]
+    scale = b["data"]["events"] / a["data"]["events"]
+    growth = [f"{path} {median(b[path]) / median(a[path]):.1f}x time"
+              for path in ("spark", "pandas") if a[path] and b[path]]
+    if len(sizes) > 1 and growth:
         text.append(f"cost growth {a['data']['events']:,} -> {b['data']['events']:,} events "
-                    f"({scale:.1f}x data): spark "
-                    f"{median(b['spark']) / median(a['spark']):.1f}x time"
-                    + (f", pandas {median(b['pandas']) / median(a['pandas']):.1f}x time"
-                       if a["pandas"] and b["pandas"] else ""))
+                    f"({scale:.1f}x data): " + ", ".join(growth))
     text += ["", f"markdown (medians; {m['cpu']}, Python {m['python']}, Spark local[2] with "
              "conf/local.yaml):",
              "| command | data | machine | Spark: ingest + sessionize | pandas reference "
@@ -323,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--skip-pandas-above", type=int, metavar="N",
                         help="run the pandas reference only on sizes of at most N events")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="setting for both beha2vec commands, e.g. spark.driver_memory=12g")
     parser.add_argument("--report", action="store_true",
                         help="only print the report of WORKDIR/results.json")
     args = parser.parse_args(argv)
