@@ -98,6 +98,9 @@ def test_user_errors_exit_2_with_a_message(pipeline):
     assert write.returncode == 2 and "read-only" in write.stderr
     missing = cli("--lake", str(lake), "ingest", "--source", "ga4", "/nonexistent/dir", check=False)
     assert missing.returncode == 2 and "no input matches '/nonexistent/dir'" in missing.stderr
+    broken = cli("--lake", str(lake), "--set", "spark.master=nonsense://x", "tables", check=False)
+    assert broken.returncode == 1 and "Traceback" not in broken.stderr
+    assert "(run with -v for the traceback)" in broken.stderr
 
 
 def test_spark_submit_job_entry_point(pipeline):

@@ -66,6 +66,7 @@ GA4_CATALOGUE: list[tuple[bytes, str | None]] = [
         {"key": "engagement_time_msec", "value": {"string_value": "12abc"}}]}),
      "engagement time is not a number"),
     (line(ga4_event(ts=(T0 + 120_000_000) * 1000)), None),
+    (line(ga4_event(ts=T0 + 10_000_000, engagement_time_msec=4000)), "exact duplicate of event"),
 ]
 
 

@@ -197,6 +197,12 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a failed Spark job: one line here, the whole traceback with -v
+        if args.verbose:
+            raise
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")
+        print(f"error: {type(exc).__name__}: {first[:500]} (run with -v for the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -59,6 +59,7 @@ def sessionize(ctx: Context) -> dict:
     validate_sessionize(conf)
     with recorded(ctx.lake, ctx.config, "sessionize") as run:
         events = ctx.lake.read("events")
+        run.rows_in = events.count()
         written = ctx.lake.write(sessionize_events(events, conf), "sessions")
         stats = ctx.lake.read("sessions").agg(
             F.sum("n_events").alias("events"), F.count(F.lit(1)).alias("sessions"),
@@ -66,7 +67,6 @@ def sessionize(ctx: Context) -> dict:
             F.sum(F.col("is_capped").cast("long")).alias("capped_sessions"),
             F.sum(F.col("text_truncated").cast("long")).alias("truncated_texts"),
         ).first()
-        run.rows_in = ctx.lake.read("events").count()
         run.rows_out = int(stats["events"] or 0)
         run.details.update({k: int(stats[k] or 0) for k in
                             ("sessions", "bot_sessions", "capped_sessions", "truncated_texts")},

@@ -101,23 +101,21 @@ def validate(candidates: DataFrame, conf: IngestConfig, now: dt.datetime) -> Dat
 
 
 def collapse_duplicates(valid: DataFrame) -> DataFrame:
-    """One row per ``event_id``: the copy first by file and line, plus where the other copies were.
+    """One row per ``event_id``: the content, the earliest position (file, line) and the copy count.
 
-    Exact duplicates agree on every event field, so one hash aggregation (no sort) keeps the
-    content and the earliest position; ``copies`` lists every position for the duplicate rejects.
+    Exact duplicates agree on every event field, so any copy's content will do. No list of
+    positions is kept here: at 10M events a per-id list ran the driver out of heap, and
+    :func:`to_rejects` finds the few later copies by joining the ids seen more than once.
     """
     content = [c for c in valid.columns if c not in ("event_id", "file", "line", "offset", "raw", "reason")]
-    position = F.struct(F.col("file"), F.col("line"), F.col("offset"))
     grouped = valid.groupBy("event_id").agg(
         F.first(F.struct(*content)).alias("c"),
-        F.min(position).alias("first"),
+        F.min(F.struct("file", "line", "offset")).alias("first"),
         F.count(F.lit(1)).alias("n"),
-        F.collect_list(position).alias("copies"),
     )
     return grouped.select(
         "event_id", "c.*", F.col("first.file").alias("file"), F.col("first.line").alias("line"),
         F.col("first.offset").alias("offset"), "n",
-        F.when(F.col("n") > 1, F.array_remove("copies", F.col("first"))).alias("copies"),
     )
 
 
@@ -134,17 +132,19 @@ def to_events(collapsed: DataFrame, conf: IngestConfig, derive_durations: bool) 
 
 
 def to_rejects(typed: DataFrame, collapsed: DataFrame, run_id: str, conf: IngestConfig) -> DataFrame:
-    """Invalid records and duplicate copies, with provenance and reason."""
+    """Invalid records and every copy of an event after its first, with provenance and reason."""
     cols = ["source", "file", "line", "offset", "raw", "reason"]
     invalid = typed.where(F.col("reason").isNotNull()).select(*cols)
     event_cols = [c for c in EVENTS.fieldNames() if c in collapsed.columns and c not in ("file", "line")]
-    copies = collapsed.where(F.col("n") > 1).select(
-        "source", "event_id", F.to_json(F.struct(*event_cols)).alias("event_json"),
-        F.explode("copies").alias("copy"),
+    repeated = collapsed.where(F.col("n") > 1).select(
+        "event_id", F.to_json(F.struct(*event_cols)).alias("event_json"),
+        F.struct("file", "line", "offset").alias("first"),
     )
-    duplicates = copies.select(
-        "source", F.col("copy.file").alias("file"), F.col("copy.line").alias("line"),
-        F.col("copy.offset").alias("offset"),
+    copies = typed.where(F.col("reason").isNull()).select("event_id", "source", "file", "line", "offset")
+    duplicates = copies.join(repeated, "event_id").where(
+        F.struct("file", "line", "offset") != F.col("first")
+    ).select(
+        "source", "file", "line", "offset",
         F.substring("event_json", 1, conf.reject_raw_chars).alias("raw"),
         F.concat(F.lit("exact duplicate of event "), F.col("event_id")).alias("reason"),
     )
