@@ -49,7 +49,7 @@ def rows(model, X, labels, *, sparse_form=False, prefix="s"):
 
 
 def conf(**kw):
-    base = dict(min_sessions=4, max_users=10, max_sessions_per_user=100, neighbours=3)
+    base = dict(min_sessions=4, max_users=10, max_sessions_per_user=100, neighbours=3, holdout_fraction=0.0)
     return EvaluateConfig(**(base | kw))
 
 

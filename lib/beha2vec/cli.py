@@ -23,7 +23,7 @@ from beha2vec.sql import FORMATS, SqlError
 
 log = logging.getLogger("beha2vec")
 
-PIPELINE = ("ingest", "sessionize", "features", "embed", "evaluate")
+PIPELINE = ("ingest", "sessionize", "features", "train-encoder", "embed", "evaluate")
 USER_ERRORS = (ConfigError, InputError, LakeError, SqlError, ConservationError, ValueError)
 
 EXAMPLE_QUERIES = (
@@ -59,15 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sessionize", help="events into sessions")
     sub.add_parser("features", help="sessions into behavioural features per session")
 
+    p = sub.add_parser("train-encoder", help="train the sequence encoder on the driver (a new model version)")
+    p.add_argument("--resume", metavar="VERSION", help="continue the run of this version from its checkpoint")
+
     p = sub.add_parser("embed", help="sessions into session_embeddings, one partition per model")
     p.add_argument("--model", action="append", dest="models", metavar="NAME",
-                   help="minilm, any sentence-transformers name or path, openai:<model>, tfidf, features "
-                        "(repeatable; default: embed.models)")
+                   help="minilm, any sentence-transformers name or path, openai:<model>, tfidf, features, "
+                        "encoder[:VERSION] (repeatable; default: embed.models)")
 
     p = sub.add_parser("evaluate", help="how well each model separates and identifies users")
     p.add_argument("--truth", metavar="CSV", help="user_id,persona file (synthetic data) for persona purity")
 
-    p = sub.add_parser("run", help="every stage: " + " -> ".join(PIPELINE))
+    p = sub.add_parser("run", help="every stage: " + " -> ".join(PIPELINE)
+                       + " (train-encoder when embed.models names the encoder)")
     p.add_argument("--source", required=True, choices=SOURCES)
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--truth", metavar="CSV", help="user_id,persona file for evaluate")
@@ -168,6 +172,15 @@ def _dispatch(args: argparse.Namespace) -> None:
     if "features" in todo:
         report = stages.features(ctx)
         print(f"features: {report['rows_out']:,} sessions x {report['features']} features")
+    wants_encoder = args.command == "train-encoder" or any(
+        m.startswith("encoder") for m in config.embed.models)
+    if "train-encoder" in todo and wants_encoder:
+        report = stages.train_encoder(ctx, getattr(args, "resume", None))
+        best = ", ".join(f"{k} {v:.3f}" for k, v in report["best"].items()
+                         if k not in ("epoch", "train_loss"))
+        print(f"train-encoder: v{report['version']} on {report['train_users']:,} users "
+              f"({report['train_sessions']:,} sessions), best epoch {report['best_epoch']} on "
+              f"{report['validation_users']:,} validation users: {best}\n  saved in {report['path']}")
     if "embed" in todo:
         for report in stages.embed(ctx, getattr(args, "models", None)):
             extra = f" ({report['distinct_texts']:,} distinct texts)" if "distinct_texts" in report else ""

@@ -128,6 +128,62 @@ class EvaluateConfig:
     test_fraction: float = 0.25
     neighbours: int = 10
     truth_users_file: str = ""
+    holdout_fraction: float = 0.2
+
+
+@dataclass
+class EnrichConfig:
+    """Page theme and page type labels per visit, fed to the encoder as extra token streams."""
+
+    theme: str = "rules"
+    page_type: str = "rules"
+    zero_shot_model: str = "minilm"
+    theme_labels: list[str] = field(default_factory=lambda: [
+        "news", "shopping", "social media", "video", "search", "email", "finance", "travel",
+        "sports", "education", "technology", "entertainment", "health", "government", "reference",
+    ])
+    type_labels: list[str] = field(default_factory=lambda: [
+        "home page", "product page", "category listing", "search results", "shopping cart",
+        "checkout", "article", "account or login", "help or support", "about or contact",
+    ])
+
+
+@dataclass
+class EncoderConfig:
+    registry: str = ""
+    hash_buckets: int = 262_144
+    vocab_size: int = 0
+    min_count: int = 2
+    path_prefixes: bool = False
+    max_visits: int = 64
+    dim: int = 64
+    layers: int = 2
+    heads: int = 4
+    ff_dim: int = 128
+    dropout: float = 0.1
+    out_dim: int = 64
+    loss: str = "triplet"
+    margin: float = 0.2
+    temperature: float = 0.1
+    users_per_batch: int = 32
+    sessions_per_user: int = 4
+    epochs: int = 20
+    steps_per_epoch: int = 0
+    lr: float = 0.001
+    weight_decay: float = 0.01
+    patience: int = 3
+    monitor: str = "recall_at_1"
+    validation_fraction: float = 0.15
+    max_validation_users: int = 200
+    max_sessions_per_user: int = 200
+    include_bots: bool = False
+    seed: int = 42
+    num_processes: int = 1
+    device: str = "auto"
+    torch_threads: int = 0
+    inference_batch_size: int = 256
+    weights: dict[str, float] = field(default_factory=lambda: {"url": 0.5, "theme": 0.3, "type": 0.2})
+    enrich: EnrichConfig = field(default_factory=EnrichConfig)
 
 
 @dataclass
@@ -139,6 +195,7 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -5,7 +5,8 @@
 - ``openai:<model>``: any OpenAI-compatible embeddings API over ``sequence_text``, cached in Delta
   (``embed_openai``);
 - ``tfidf``: Spark MLlib CountVectorizer + IDF over the visit units (sparse rows);
-- ``features``: the standardised ``session_features``.
+- ``features``: the standardised ``session_features``;
+- ``encoder`` or ``encoder:<version>``: the trained sequence encoder (``beha2vec.encoder``).
 
 Text models embed each distinct ``sequence_text`` once and join the vectors back to sessions.
 """
@@ -41,6 +42,8 @@ def kind_of(model: str) -> str:
     """Which embedder a model name selects."""
     if model in ("tfidf", "features"):
         return model
+    if model == "encoder" or model.startswith("encoder:"):
+        return "encoder"
     if model.startswith("openai:"):
         return "openai"
     return "sentence-transformers"

@@ -3,7 +3,9 @@
 Every model is scored on the same sessions. A fixed-seed sample is drawn in Spark from the sessions
 that *every* model embedded: users with at least ``min_sessions`` such sessions, the first
 ``max_users`` of them ranked by a seeded hash of ``user_id``, and for each the first
-``max_sessions_per_user`` sessions ranked by a seeded hash of ``session_id``. Only that bounded
+``max_sessions_per_user`` sessions ranked by a seeded hash of ``session_id``. With
+``holdout_fraction`` > 0 only held-out users are sampled (``splits``): users that no trained model
+(the sequence encoder) has seen, so every model is scored on unseen users. Only that bounded
 sample reaches the driver; the metrics are plain numpy/scikit-learn functions, each usable alone.
 
 Geometry, stated once:
@@ -39,6 +41,7 @@ from sklearn.metrics import f1_score, silhouette_score
 from sklearn.preprocessing import StandardScaler, normalize
 
 from beha2vec.config import ConfigError, EvaluateConfig
+from beha2vec.splits import user_part
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,8 @@ def sample_sessions(embeddings: DataFrame, conf: EvaluateConfig) -> DataFrame:
         F.col("session_id").isNotNull() & F.col("user_id").isNotNull() & F.col("model").isNotNull()
         & (F.col("embedding").isNotNull() | F.col("indices").isNotNull())
     )
+    if conf.holdout_fraction > 0:
+        usable = usable.where(user_part(F.col("user_id"), conf.seed, conf.holdout_fraction) == "test")
     n_models = usable.agg(F.countDistinct("model").alias("n_models"))
     common = (
         usable.groupBy("session_id", "user_id").agg(F.countDistinct("model").alias("n"))
@@ -161,7 +166,7 @@ def silhouette(X: Matrix, labels: Sequence | np.ndarray, metric: str) -> float:
 
 
 def identification(X: Matrix, labels: Sequence | np.ndarray, seed: int,
-                   test_fraction: float) -> tuple[float, float]:
+                   test_fraction: float, quiet: bool = False) -> tuple[float, float]:
     """Accuracy and macro-F1 of predicting the user of held-out sessions with logistic regression."""
     labels = np.asarray(labels)
     test = split_by_user(labels, seed, test_fraction)
@@ -172,7 +177,8 @@ def identification(X: Matrix, labels: Sequence | np.ndarray, seed: int,
         warnings.simplefilter("ignore", ConvergenceWarning)
         classifier.fit(scaler.transform(X[train_rows]), labels[train_rows])
     if classifier.n_iter_.max() >= LR_MAX_ITER:
-        log.warning("logistic regression stopped at max_iter=%d before converging", LR_MAX_ITER)
+        (log.debug if quiet else log.warning)(
+            "logistic regression stopped at max_iter=%d before converging", LR_MAX_ITER)
     predicted = classifier.predict(scaler.transform(X[test_rows]))
     truth = labels[test_rows]
     macro_f1 = f1_score(truth, predicted, labels=np.unique(truth), average="macro", zero_division=0)

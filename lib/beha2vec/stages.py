@@ -110,6 +110,18 @@ def _model_rows(ctx: Context, model: str, sessions, details: dict):
         details["distinct_texts"] = texts.count()
         vectors = embed_texts_openai(ctx, model, texts, on_estimate=announce)
         return embed_lib.join_back(sessions, vectors, model), texts
+    if kind == "encoder":
+        from beha2vec.encoder.apply import embed_sessions
+        from beha2vec.encoder.registry import registry_root, resolve
+
+        enc = ctx.config.encoder
+        version, path = resolve(registry_root(enc.registry, ctx.lake.root), model.partition(":")[2] or None)
+        details.update(version=version, model_path=str(path))
+        with _arrow_batch(ctx.spark, conf.arrow_batch_size):
+            rows = embed_sessions(sessions, str(path), f"encoder:v{version}", enc.device,
+                                  enc.torch_threads or 1, enc.inference_batch_size)
+            rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+            return rows, rows
     if kind == "tfidf":
         documents = embed_lib.visit_tokens(sessions, conf.tfidf_path_segments)
         fitted = embed_lib.fit_tfidf(documents, conf)
@@ -130,8 +142,9 @@ def embed(ctx: Context, models: list[str] | None = None) -> list[dict]:
             run.details["model"] = model
             sessions = ctx.lake.read("sessions")
             rows, cached = _model_rows(ctx, model, sessions, run.details)
+            name = f"encoder:v{run.details['version']}" if embed_lib.kind_of(model) == "encoder" else model
             try:
-                written = ctx.lake.write(rows, "session_embeddings", replace={"model": model})
+                written = ctx.lake.write(rows, "session_embeddings", replace={"model": name})
             finally:
                 if cached is not None:
                     cached.unpersist()
@@ -156,6 +169,40 @@ def features(ctx: Context) -> dict:
         run.rows_out = written.rows
         run.details.update(features=len(features_lib.FEATURE_COLUMNS), categories=len(categories))
     return run.details | {"rows_in": run.rows_in, "rows_out": run.rows_out}
+
+
+def train_encoder(ctx: Context, resume: str | None = None) -> dict:
+    """``sessions`` of train and validation users into a new encoder version and an ``encoder_runs`` row."""
+    import json
+
+    from beha2vec.encoder import driver, registry
+    from beha2vec.encoder.train import check
+    from beha2vec.tables import ENCODER_RUNS
+
+    conf = ctx.config.encoder
+    check(conf)
+    root = registry.registry_root(conf.registry, ctx.lake.root)
+    with recorded(ctx.lake, ctx.config, "train-encoder") as run:
+        if resume:
+            version, run_dir = registry.resolve_incomplete(root, resume)
+        else:
+            version, run_dir = registry.new_version(root)
+        frame = driver.training_sessions(ctx.lake.read("sessions"), ctx.config).toPandas()
+        prepared, result = driver.train(frame, ctx.config, run_dir, resume=bool(resume))
+        counts = driver.summary_counts(prepared)
+        registry.save_model(run_dir, result["weights"], {k: v for k, v in result.items() if k != "weights"})
+        row = (run.run_id, version, str(run_dir), run.started_at, dt.datetime.now(dt.UTC), result["device"],
+               conf.num_processes, conf.loss, result["epochs_run"], result["best_epoch"],
+               result["stopped_early"],
+               counts["train_users"], counts["train_sessions"], counts["validation_users"],
+               counts["validation_sessions"], conf.monitor, float(result["best"][conf.monitor]),
+               json.dumps(result["best"], sort_keys=True), result["checksum"],
+               json.dumps(dataclasses.asdict(conf), sort_keys=True))
+        ctx.lake.write(ctx.spark.createDataFrame([row], ENCODER_RUNS), "encoder_runs", mode="append")
+        run.rows_in = run.rows_out = len(frame)
+        run.details.update(version=version, path=str(run_dir), **counts, best_epoch=result["best_epoch"],
+                           best=result["best"], device=result["device"])
+    return run.details | {"rows_in": run.rows_in}
 
 
 def evaluate(ctx: Context):

@@ -151,6 +151,29 @@ EVALUATION = _s(
     ("params", T.StringType()),
 )
 
+ENCODER_RUNS = _s(
+    ("run_id", T.StringType()),
+    ("version", T.IntegerType()),
+    ("path", T.StringType()),
+    ("started_at", T.TimestampType()),
+    ("finished_at", T.TimestampType()),
+    ("device", T.StringType()),
+    ("num_processes", T.IntegerType()),
+    ("loss", T.StringType()),
+    ("epochs_run", T.IntegerType()),
+    ("best_epoch", T.IntegerType()),
+    ("stopped_early", T.BooleanType()),
+    ("train_users", T.LongType()),
+    ("train_sessions", T.LongType()),
+    ("validation_users", T.LongType()),
+    ("validation_sessions", T.LongType()),
+    ("monitor", T.StringType()),
+    ("best_value", T.DoubleType()),
+    ("best_metrics", T.StringType()),
+    ("checksum", T.StringType()),
+    ("config", T.StringType()),
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -168,6 +191,8 @@ TABLES: dict[str, TableSpec] = {
                   "paid API embeddings by (model, text hash), so no text is ever paid for twice",
                   partition_by=("model",)),
         TableSpec("evaluation", EVALUATION, "how well each model separates and identifies users"),
+        TableSpec("encoder_runs", ENCODER_RUNS,
+                  "one row per trained sequence encoder: version, data, metrics"),
     )
 }
 
