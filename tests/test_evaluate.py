@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.sql import functions as F
 from scipy import sparse
 from sklearn.metrics import silhouette_score
 
@@ -166,6 +167,26 @@ def test_sample_is_deterministic_whatever_the_partitioning(population):
     reseeded = (keys(sample_sessions(population, conf(min_sessions=3, max_users=2, max_sessions_per_user=4,
                                                       seed=s))) for s in range(6))
     assert any(pick != first for pick in reseeded)  # the seed, not the data order, decides
+
+
+def test_holdout_samples_only_test_users_or_each_users_latest_sessions(spark, population):
+    from beha2vec.splits import session_parts, user_part
+
+    c = conf(min_sessions=2, max_users=10, holdout_fraction=0.5)
+    users = {r.user_id for r in sample_sessions(population, c).select("user_id").distinct().collect()}
+    parts = population.select("user_id", user_part(F.col("user_id"), c.seed, 0.5).alias("part")).distinct()
+    test_users = {r.user_id for r in parts.where("part = 'test'").collect()}
+    assert users and users <= test_users
+    sessions = population.select("session_id", "user_id").distinct().withColumn(
+        "start_ts", F.to_timestamp(F.lit("2024-01-01")) + F.make_interval(
+            days=F.substring("session_id", 2, 4).cast("int")))
+    by_time = conf(min_sessions=2, max_users=10, holdout_fraction=0.5, holdout_by="time")
+    picked = {r.session_id for r in sample_sessions(population, by_time, sessions).collect()}
+    parts = session_parts(sessions, "time", c.seed, 0.5)
+    latest = {r.session_id for r in parts.where("part = 'test'").collect()}
+    assert picked and picked <= latest
+    with pytest.raises(ValueError, match="needs the sessions table"):
+        sample_sessions(population, by_time)
 
 
 def test_too_few_users_says_how_many_sessions_are_needed(population):

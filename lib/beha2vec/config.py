@@ -129,6 +129,7 @@ class EvaluateConfig:
     neighbours: int = 10
     truth_users_file: str = ""
     holdout_fraction: float = 0.2
+    holdout_by: str = "users"
 
 
 @dataclass

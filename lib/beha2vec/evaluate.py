@@ -4,8 +4,9 @@ Every model is scored on the same sessions. A fixed-seed sample is drawn in Spar
 that *every* model embedded: users with at least ``min_sessions`` such sessions, the first
 ``max_users`` of them ranked by a seeded hash of ``user_id``, and for each the first
 ``max_sessions_per_user`` sessions ranked by a seeded hash of ``session_id``. With
-``holdout_fraction`` > 0 only held-out users are sampled (``splits``): users that no trained model
-(the sequence encoder) has seen, so every model is scored on unseen users. Only that bounded
+``holdout_fraction`` > 0 only held-out sessions are sampled (``splits``): by default those of test
+users, whom no trained model (the sequence encoder) has seen, so every model is scored on unseen
+users; with ``holdout_by: time``, each user's latest sessions. Only that bounded
 sample reaches the driver; the metrics are plain numpy/scikit-learn functions, each usable alone.
 
 Geometry, stated once:
@@ -41,7 +42,7 @@ from sklearn.metrics import f1_score, silhouette_score
 from sklearn.preprocessing import StandardScaler, normalize
 
 from beha2vec.config import ConfigError, EvaluateConfig
-from beha2vec.splits import user_part
+from beha2vec.splits import session_parts, user_part
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,8 @@ def _seeded_hash(seed: int, column: str) -> Column:
     return F.xxhash64(F.lit(seed), F.col(column))
 
 
-def sample_sessions(embeddings: DataFrame, conf: EvaluateConfig) -> DataFrame:
+def sample_sessions(embeddings: DataFrame, conf: EvaluateConfig,
+                    sessions: DataFrame | None = None) -> DataFrame:
     """The ``session_embeddings`` rows of a fixed-seed sample of sessions shared by every model.
 
     Ranking by a seeded hash (ties broken by the id) makes the choice independent of partitioning
@@ -91,8 +93,14 @@ def sample_sessions(embeddings: DataFrame, conf: EvaluateConfig) -> DataFrame:
         F.col("session_id").isNotNull() & F.col("user_id").isNotNull() & F.col("model").isNotNull()
         & (F.col("embedding").isNotNull() | F.col("indices").isNotNull())
     )
-    if conf.holdout_fraction > 0:
+    if conf.holdout_fraction > 0 and conf.holdout_by == "users":
         usable = usable.where(user_part(F.col("user_id"), conf.seed, conf.holdout_fraction) == "test")
+    elif conf.holdout_fraction > 0:
+        if sessions is None:
+            raise ValueError("evaluate.holdout_by=time needs the sessions table (their start times)")
+        parts = session_parts(sessions, conf.holdout_by, conf.seed, conf.holdout_fraction)
+        test = parts.where(F.col("part") == "test")
+        usable = usable.join(test.select("session_id"), "session_id", "left_semi")
     n_models = usable.agg(F.countDistinct("model").alias("n_models"))
     common = (
         usable.groupBy("session_id", "user_id").agg(F.countDistinct("model").alias("n"))
@@ -284,12 +292,13 @@ def _personas(users: pd.Series, truth: pd.DataFrame) -> np.ndarray:
     return personas
 
 
-def evaluate_models(embeddings: DataFrame, conf: EvaluateConfig,
-                    truth: pd.DataFrame | None = None) -> pd.DataFrame:
+def evaluate_models(embeddings: DataFrame, conf: EvaluateConfig, truth: pd.DataFrame | None = None,
+                    sessions: DataFrame | None = None) -> pd.DataFrame:
     """One row per (model, metric) over the shared sample: ``model, metric, value, n_users,
-    n_sessions, params``; persona purity rows only when ``truth`` (user_id, persona) is given."""
+    n_sessions, params``; persona purity rows only when ``truth`` (user_id, persona) is given.
+    ``sessions`` (with ``start_ts``) is needed only for ``holdout_by: time``."""
     sample = (
-        sample_sessions(embeddings, conf)
+        sample_sessions(embeddings, conf, sessions)
         .select("model", "user_id", "session_id", "dim", "embedding", "indices", "values")
         .toPandas()
         .sort_values(["model", "user_id", "session_id"], ignore_index=True)

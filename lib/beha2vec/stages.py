@@ -215,7 +215,8 @@ def evaluate(ctx: Context):
     conf = ctx.config.evaluate
     with recorded(ctx.lake, ctx.config, "evaluate") as run:
         truth = pd.read_csv(conf.truth_users_file, dtype=str) if conf.truth_users_file else None
-        results = evaluate_lib.evaluate_models(ctx.lake.read("session_embeddings"), conf, truth)
+        results = evaluate_lib.evaluate_models(ctx.lake.read("session_embeddings"), conf, truth,
+                                               ctx.lake.read("sessions"))
         results.insert(0, "run_id", run.run_id)
         frame = ctx.spark.createDataFrame(results[EVALUATION.fieldNames()], EVALUATION)
         written = ctx.lake.write(frame, "evaluation")

@@ -23,7 +23,7 @@ from beha2vec.encoder.apply import session_inputs
 from beha2vec.encoder.model import ModelSpec
 from beha2vec.encoder.tokens import Tokenizer, encode_sessions, learn_vocab
 from beha2vec.encoder.train import Split, check, fit
-from beha2vec.splits import user_part
+from beha2vec.splits import session_parts
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,18 @@ def make_labeller(enrich: EnrichConfig):
 
 
 def training_sessions(sessions: DataFrame, config: Config) -> DataFrame:
-    """Encoder inputs of train and validation users, with ``part``; test users never leave Spark."""
-    conf = config.encoder
+    """Encoder inputs of train and validation sessions, with ``part``; test sessions stay in Spark."""
+    conf, held = config.encoder, config.evaluate
     if not conf.include_bots:
         sessions = sessions.where(~F.coalesce(F.col("is_bot"), F.lit(False)))
-    part = user_part(F.col("user_id"), config.evaluate.seed, config.evaluate.holdout_fraction,
-                     conf.validation_fraction)
+    parts = session_parts(sessions, held.holdout_by, held.seed, held.holdout_fraction,
+                          conf.validation_fraction)
     by_hash = Window.partitionBy("user_id").orderBy(F.xxhash64(F.lit(conf.seed), "session_id"), "session_id")
-    chosen = (sessions.withColumn("part", part).where(F.col("part") != "test")
+    chosen = (parts.where(F.col("part") != "test")
               .withColumn("rank", F.row_number().over(by_hash))
-              .where(F.col("rank") <= conf.max_sessions_per_user))
-    return session_inputs(chosen).join(chosen.select("session_id", "part"), "session_id")
+              .where(F.col("rank") <= conf.max_sessions_per_user)
+              .select("session_id", "part"))
+    return session_inputs(sessions).join(chosen, "session_id")
 
 
 @dataclass

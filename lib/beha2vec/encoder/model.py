@@ -62,7 +62,8 @@ class SessionEncoder(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
-        self.tokens = nn.Embedding(spec.n_tokens, spec.dim, padding_idx=0)
+        # sparse gradients: a step touches only the rows of the batch's tokens, not all 2^18 buckets
+        self.tokens = nn.Embedding(spec.n_tokens, spec.dim, padding_idx=0, sparse=True)
         self.time = nn.Linear(N_TIME_FEATURES, spec.dim)
         self.register_buffer("positions", sinusoid(spec.max_visits, spec.dim), persistent=False)
         layer = nn.TransformerEncoderLayer(spec.dim, spec.heads, spec.ff_dim, spec.dropout,

@@ -171,6 +171,13 @@ def validation_metrics(vectors: np.ndarray, users: np.ndarray, conf: EvaluateCon
             "recall_at_1": recall[1], "recall_at_5": recall[5]}
 
 
+def make_optimizers(model: SessionEncoder, conf: EncoderConfig) -> list[torch.optim.Optimizer]:
+    """SparseAdam for the (sparse) token table, AdamW with weight decay for everything else."""
+    rest = [p for name, p in model.named_parameters() if name != "tokens.weight"]
+    return [torch.optim.SparseAdam([model.tokens.weight], lr=conf.lr),
+            torch.optim.AdamW(rest, lr=conf.lr, weight_decay=conf.weight_decay)]
+
+
 def _mean_over_ranks(losses: list[float], device: torch.device) -> float:
     """The epoch's mean loss over all ranks' batches, so every rank reports the same number."""
     total = torch.tensor([sum(losses), len(losses)], dtype=torch.float64, device=device)
@@ -207,13 +214,14 @@ def fit(spec: ModelSpec, train: Split, validation: Split, conf: EncoderConfig, e
         torch.set_num_threads(conf.torch_threads)
     torch.manual_seed(conf.seed)
     model = SessionEncoder(spec).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=conf.lr, weight_decay=conf.weight_decay)
+    optimizers = make_optimizers(model, conf)
     state, best_weights = TrainState(), None
     checkpoint = Path(run_dir) / CHECKPOINT
     if resume:
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
         model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        for optimizer, state_dict in zip(optimizers, saved["optimizers"], strict=True):
+            optimizer.load_state_dict(state_dict)
         state, best_weights = TrainState(**saved["state"]), saved["best_model"]
     step_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     user_codes = np.unique(train.users, return_inverse=True)[1]
@@ -230,9 +238,11 @@ def fit(spec: ModelSpec, train: Split, validation: Split, conf: EncoderConfig, e
             batch = to_tensors(train.sessions.pad(rows), device)
             labels = torch.from_numpy(user_codes[rows]).to(device)
             loss = loss_fn(conf, run_model(step_model, batch), labels)
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
             losses.append(float(loss.detach()))
         metrics = validation_metrics(embed(model, validation.sessions, conf.inference_batch_size, device),
                                      validation.users, evaluate_conf)
@@ -251,7 +261,7 @@ def fit(spec: ModelSpec, train: Split, validation: Split, conf: EncoderConfig, e
                      metrics[conf.monitor])
             tqdm.write(f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f}, "
                        f"{conf.monitor} {metrics[conf.monitor]:.3f} (validation users)")
-            _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            _save({"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
                    "state": asdict(state), "best_model": best_weights}, checkpoint)
     model.load_state_dict(best_weights)
     return {"rank": rank, "world": world, "device": str(device), "epochs_run": state.epoch,
