@@ -15,7 +15,8 @@ import pytest
 from conftest import ROOT
 
 BIN = Path(sys.executable).parent
-FAST_MODELS = "embed.models=[tfidf,features]"  # MiniLM through the stage is covered by test_embed.py
+# MiniLM through the stage is covered by test_embed.py; the encoder trains for 2 epochs here
+FAST = ("--set", "embed.models=[tfidf,features,encoder]", "--set", "encoder.epochs=2")
 
 
 def cli(*args: str, check: bool = True, tool: str = "beha2vec") -> subprocess.CompletedProcess:
@@ -33,7 +34,7 @@ def pipeline(tmp_path_factory):
     data, lake = root / "ga4", root / "lake"
     cli("synth", "--kind", "ga4", "--users", "40", "--days", "28", "--personas", "3", "--seed", "3",
         "--out", str(data))
-    first = cli("--conf", "conf/local.yaml", "--set", FAST_MODELS, "--lake", str(lake), "run", "--source",
+    first = cli("--conf", "conf/local.yaml", *FAST, "--lake", str(lake), "run", "--source",
                 "ga4", str(data), "--truth", str(data / "_truth" / "truth_users.csv"))
     return data, lake, first
 
@@ -47,10 +48,12 @@ def _counts(lake):
 
 def test_run_prints_tables_and_example_queries(pipeline):
     _, lake, first = pipeline
-    for stage in ("ingest:", "sessionize:", "features:", "embed tfidf:", "embed features:", "evaluate:"):
+    for stage in ("ingest:", "sessionize:", "features:", "train-encoder: v1", "embed tfidf:",
+                  "embed features:", "embed encoder:", "evaluate:"):
         assert stage in first.stdout
+    assert "encoder:v1 " in first.stdout  # a row of the comparison table
     for table in ("events", "rejects", "sessions", "runs", "session_features", "session_embeddings",
-                  "evaluation"):
+                  "evaluation", "encoder_runs"):
         assert table in first.stdout
     assert "persona_purity" in first.stdout and "id_accuracy" in first.stdout
     assert first.stdout.count('sql "SELECT') == 3
@@ -61,7 +64,7 @@ def test_second_run_same_counts_new_versions(pipeline):
     data, lake, _ = pipeline
     before = _counts(lake)
     assert before["e"] > 0 and before["s"] > 0
-    cli("--conf", "conf/local.yaml", "--set", FAST_MODELS, "--lake", str(lake), "run", "--source", "ga4",
+    cli("--conf", "conf/local.yaml", *FAST, "--lake", str(lake), "run", "--source", "ga4",
         str(data))
     assert _counts(lake) == before
     history = cli("--lake", str(lake), "tables", "--history", "sessions").stdout
@@ -72,7 +75,10 @@ def test_second_run_same_counts_new_versions(pipeline):
     runs = json.loads(cli("--lake", str(lake), "sql",
                           "SELECT stage, status, rows_in, rows_out, rows_rejected FROM runs",
                           "--format", "json").stdout)
-    assert len(runs) == 2 * 6 and all(r["status"] == "ok" for r in runs)
+    assert len(runs) == 2 * 7 and all(r["status"] == "ok" for r in runs)
+    versions = json.loads(cli("--lake", str(lake), "sql", "SELECT version FROM encoder_runs ORDER BY version",
+                              "--format", "json").stdout)
+    assert [v["version"] for v in versions] == [1, 2]
     assert all(r["rows_in"] == r["rows_out"] + r["rows_rejected"] for r in runs)
 
 
@@ -98,6 +104,8 @@ def test_user_errors_exit_2_with_a_message(pipeline):
     assert write.returncode == 2 and "read-only" in write.stderr
     missing = cli("--lake", str(lake), "ingest", "--source", "ga4", "/nonexistent/dir", check=False)
     assert missing.returncode == 2 and "no input matches '/nonexistent/dir'" in missing.stderr
+    unknown = cli("--lake", str(lake), "embed", "--model", "encoder:v99", check=False)
+    assert unknown.returncode == 2 and "encoder version 'v99' not found" in unknown.stderr
     broken = cli("--lake", str(lake), "--set", "spark.master=nonsense://x", "tables", check=False)
     assert broken.returncode == 1 and "Traceback" not in broken.stderr
     assert "(run with -v for the traceback)" in broken.stderr

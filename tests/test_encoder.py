@@ -132,6 +132,22 @@ def test_changing_a_stream_weight_changes_the_vectors():
     assert np.abs(base - no_type).max() > 1e-3
 
 
+def test_theme_and_type_labels_reach_the_model_as_token_ids_rules_or_zero_shot():
+    frame = sessions_frame(6, 2, validation_users=2).assign(
+        domains=lambda f: [["espn.com", "bbc.co.uk", "amazon.com"][: 1 + i % 3] for i in range(len(f))],
+        urls=lambda f: [[f"https://{d}/" for d in units] for units in f["domains"]])
+    rules = small_config()
+    rules.encoder.enrich.theme = rules.encoder.enrich.page_type = "rules"
+    zero_shot = small_config()
+    zero_shot.encoder.enrich.theme, zero_shot.encoder.enrich.page_type = "zero-shot", "off"
+    by_rules = driver.prepare(frame, rules).train.sessions
+    by_model = driver.prepare(frame, zero_shot).train.sessions
+    assert (by_rules.themes > 0).all() and (by_rules.types > 0).all()
+    assert len(set(by_rules.themes)) == 3  # sports, news, commerce
+    assert (by_model.themes > 0).all() and (by_model.types == 0).all()  # a stream that is off pads
+    assert len(set(by_model.themes)) >= 2
+
+
 # --- losses and batches -------------------------------------------------------------------------
 
 
