@@ -184,6 +184,8 @@ def _dispatch(args: argparse.Namespace) -> None:
     if "embed" in todo:
         for report in stages.embed(ctx, getattr(args, "models", None)):
             extra = f" ({report['distinct_texts']:,} distinct texts)" if "distinct_texts" in report else ""
+            if "version" in report:
+                extra += f" (v{report['version']})"
             print(f"embed {report['model']}: {report['rows_out']:,} sessions{extra}")
     if "evaluate" in todo:
         _print_evaluation(stages.evaluate(ctx))

@@ -86,6 +86,11 @@ def _arrow_batch(spark, rows: int):
         spark.conf.set(key, before)
 
 
+def _encoder_name(model: str, version: int) -> str:
+    """``encoder`` (the latest version, replaced by each run) or a pinned ``encoder:v<N>``."""
+    return "encoder" if model == "encoder" else f"encoder:v{version}"
+
+
 def _model_rows(ctx: Context, model: str, sessions, details: dict):
     """``session_embeddings`` rows of one model; adds what was learned about the work to ``details``."""
     conf = ctx.config.embed
@@ -118,7 +123,7 @@ def _model_rows(ctx: Context, model: str, sessions, details: dict):
         version, path = resolve(registry_root(enc.registry, ctx.lake.root), model.partition(":")[2] or None)
         details.update(version=version, model_path=str(path))
         with _arrow_batch(ctx.spark, conf.arrow_batch_size):
-            rows = embed_sessions(sessions, str(path), f"encoder:v{version}", enc.device,
+            rows = embed_sessions(sessions, str(path), _encoder_name(model, version), enc.device,
                                   enc.torch_threads or 1, enc.inference_batch_size)
             rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
             return rows, rows
@@ -142,7 +147,9 @@ def embed(ctx: Context, models: list[str] | None = None) -> list[dict]:
             run.details["model"] = model
             sessions = ctx.lake.read("sessions")
             rows, cached = _model_rows(ctx, model, sessions, run.details)
-            name = f"encoder:v{run.details['version']}" if embed_lib.kind_of(model) == "encoder" else model
+            name = model
+            if embed_lib.kind_of(model) == "encoder":
+                name = _encoder_name(model, run.details["version"])
             try:
                 written = ctx.lake.write(rows, "session_embeddings", replace={"model": name})
             finally:

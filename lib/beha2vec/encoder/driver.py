@@ -21,7 +21,7 @@ from beha2vec.config import Config, EnrichConfig
 from beha2vec.encoder import registry
 from beha2vec.encoder.apply import session_inputs
 from beha2vec.encoder.model import ModelSpec
-from beha2vec.encoder.tokens import Tokenizer, encode_sessions, learn_vocab
+from beha2vec.encoder.tokens import Tokenizer, encode_sessions, learn_vocab, stable_hash
 from beha2vec.encoder.train import Split, check, fit
 from beha2vec.splits import session_parts
 
@@ -64,9 +64,9 @@ class Prepared:
 
 
 def _validation_users(frame: pd.DataFrame, limit: int) -> pd.DataFrame:
-    """Validation users with at least 2 sessions, at most ``limit`` of them (stable choice)."""
+    """Validation users with at least 2 sessions, at most ``limit`` of them, chosen by stable hash."""
     sizes = frame.groupby("user_id").size()
-    users = sorted(sizes[sizes >= 2].index)[:limit]
+    users = sorted(sizes[sizes >= 2].index, key=lambda u: (stable_hash(f"validation:{u}"), u))[:limit]
     return frame[frame["user_id"].isin(users)]
 
 
