@@ -13,8 +13,10 @@ sessionize (cached under ``bench/out/encoder``, lake included, so reruns skip th
 * Through Spark (``local[2]``, the cached ``sessions`` table): ``encoder.apply.embed_sessions``, the
   ``beha2vec embed --model encoder`` path, against MiniLM through the project's path
   (``embed_texts_st`` over ``distinct_texts``, joined back to sessions), each written to Spark's
-  ``noop`` sink, with the embed stage's settings. A run in which a Python worker new to the
-  session took part loaded torch and the model inside the timing, so it is kept apart and run again.
+  ``noop`` sink, with the embed stage's settings; and MiniLM once more with its texts spread over
+  every task slot, as ``bench/embed.py`` runs it (adaptive execution may coalesce the stage's
+  shuffle into fewer tasks). A run in which a Python worker new to the session took part loaded
+  torch and the model inside the timing, so it is kept apart and run again.
 * FLOPs per sequence counted by torch's ``FlopCounterMode`` per visit count present (in training
   mode: the eval fast path of ``TransformerEncoderLayer`` is one fused op the counter misses),
   cross-checked with a formula, against the practical peak (``bench/embed.py``'s fp32 matmul).
@@ -23,7 +25,7 @@ Training and in-process inference run in fresh subprocesses with ``--threads`` t
 CUDA when available (``--device auto``), every figure marked with its device. Each measurement
 notes the 1-minute load average before and after. Repeats run interleaved; medians are reported.
 
-    python bench/encoder.py [--users 400] [--repeats 3] [--device auto] [--quick]
+    python bench/encoder.py [--users 250] [--repeats 3] [--device auto|cpu|cuda] [--threads 2 1] [--quick]
 """
 
 from __future__ import annotations
@@ -38,12 +40,12 @@ import sys
 import time
 from pathlib import Path
 
-import embed as minilm  # bench/embed.py: load average, CPU time, machine, ingest + sessionize, peak
+import embed as minilm  # bench/embed.py: load average, machine, ingest + sessionize, matmul peak
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "encoder"
 TRAIN_FRAME, SESSIONS_FRAME, REGISTRY = OUT / "train.pkl", OUT / "sessions.pkl", OUT / "registry"
-FULL = {"users": 250, "days": 28, "steps": 8, "epochs": 2, "repeats": 3}
+FULL = {"users": 250, "days": 28, "steps": 10, "epochs": 3, "repeats": 3}
 QUICK = {"users": 60, "days": 14, "steps": 3, "epochs": 1, "repeats": 1}
 PERSONAS, SEED = 5, 7
 WARMUP_STEPS = 2
@@ -122,7 +124,7 @@ def train_steps(prepared, conf, device) -> dict:
 
     for rows in batches[:WARMUP_STEPS]:
         step(rows)
-    phases = dict.fromkeys(PHASES, 0.0)
+    phases.update(dict.fromkeys(PHASES, 0.0))
     t = time.perf_counter()
     for rows in batches:
         step(rows)
@@ -142,7 +144,7 @@ def train_worker(options: argparse.Namespace, device) -> dict:
     import torch
 
     from beha2vec.encoder import driver, registry
-    from beha2vec.encoder.train import embed, fit, validation_metrics
+    from beha2vec.encoder.train import CHECKPOINT, embed, fit, validation_metrics
 
     config = bench_config(options.steps, options.epochs, str(device), options.threads[0])
     conf = config.encoder
@@ -169,6 +171,7 @@ def train_worker(options: argparse.Namespace, device) -> dict:
     result = fit(prepared.spec, prepared.train, prepared.validation, conf, config.evaluate, str(run_dir))
     fit_s = time.perf_counter() - t
     registry.save_model(run_dir, result["weights"], {k: v for k, v in result.items() if k != "weights"})
+    (run_dir / CHECKPOINT).unlink()  # 265 MiB, only for resuming
     return steps | {
         "prepare_s": round(prepare_s, 3), "train_sessions": len(prepared.train.users),
         "validation_sessions": len(prepared.validation.users), "validation_s": round(validation_s, 3),
@@ -289,26 +292,52 @@ def sessions_table(spark, users: int, days: int):
     return minilm.sessions_of(spark, "ga4", folder, lake)
 
 
-def python_workers() -> set[int]:
-    """Spark's Python workers alive now: the processes a ``pyspark.daemon`` forked."""
-    procs = {}
+def processes() -> dict[int, tuple[int, int, bool]]:
+    """pid -> (parent, CPU ticks of the process and of its exited children, whether it is a
+    ``pyspark.daemon pyspark.worker``), from /proc."""
+    table = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                cmdline = Path(entry.path, "cmdline").read_bytes()
-                parent = int(Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+                stat = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            procs[int(entry.name)] = (parent, b"pyspark.daemon" in cmdline)
-    return {pid for pid, (parent, daemon) in procs.items() if daemon and procs.get(parent, (0, False))[1]}
+            table[int(entry.name)] = (int(stat[1]), sum(map(int, stat[11:15])),
+                                      b"pyspark.daemon" in cmdline and b"pyspark.worker" in cmdline)
+    return table
+
+
+def mine(table: dict[int, tuple[int, int, bool]]) -> set[int]:
+    """This process and its descendants (other jobs on the machine have their own JVMs)."""
+    tree, todo = set(), [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo += [c for c, (parent, _, _) in table.items() if parent == pid and c not in tree]
+    return tree
+
+
+def tree_cpu_s() -> float:
+    """CPU seconds used so far by this process and its descendants (the JVM, the Python workers),
+    those that exited included through their parents' totals: ``bench/embed.py``'s version drops
+    a Python worker that Spark ends during a run (idle for a minute), even below zero."""
+    table = processes()
+    return sum(table[pid][1] for pid in mine(table)) / os.sysconf("SC_CLK_TCK")
+
+
+def python_workers() -> set[int]:
+    """This run's Spark Python workers alive now: the processes its ``pyspark.worker`` daemon forked."""
+    table = processes()
+    return {pid for pid in mine(table) if table[pid][2] and table[table[pid][0]][2]}
 
 
 def spark_run(rows) -> dict:
     """One pass of ``rows`` (a session_embeddings frame) into the ``noop`` sink."""
-    before, t, cpu = minilm.load(), time.perf_counter(), minilm.tree_cpu_s(os.getpid())
+    before, t, cpu = minilm.load(), time.perf_counter(), tree_cpu_s()
     rows.write.format("noop").mode("overwrite").save()
     return {"seconds": round(time.perf_counter() - t, 3),
-            "cpu_s": round(minilm.tree_cpu_s(os.getpid()) - cpu, 2), "load": [before, minilm.load()]}
+            "cpu_s": round(tree_cpu_s() - cpu, 2), "load": [before, minilm.load()]}
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -349,10 +378,10 @@ def summarise(r: dict) -> dict:
          "encode": median_of(every_infer, "encode_s", n),
          "encode_no_labels": median_of(every_infer, "encode_no_labels_s", n),
          "spark_encoder": median_of(runs["spark_encoder"], "seconds", n),
-         "spark_encoder_spread": median_of(runs["spark_encoder_spread"], "seconds", n),
-         "spark_minilm": median_of(runs["spark_minilm"], "seconds", n), "ratios": {}}
-    for path in ("spark_encoder", "spark_encoder_spread"):
-        s["ratios"][f"{path}_vs_minilm"] = round(s[path]["per_s"] / s["spark_minilm"]["per_s"], 2)
+         "spark_minilm": median_of(runs["spark_minilm"], "seconds", n),
+         "spark_minilm_spread": median_of(runs["spark_minilm_spread"], "seconds", n), "ratios": {}}
+    for path in ("spark_minilm", "spark_minilm_spread"):
+        s["ratios"][f"spark_encoder_vs_{path}"] = round(s["spark_encoder"]["per_s"] / s[path]["per_s"], 2)
     for threads, train in runs["train"].items():
         infer = runs["infer"][threads]
         s[f"train_steps_{threads}t"] = median_of(train, "seconds", t0["sequences"])
@@ -400,11 +429,13 @@ def markdown(r: dict, argv: list[str]) -> str:
         where = device["infer"][threads]
         row(f"`train.embed`, batch {c['inference_batch_size']}", f"embed_{threads}t", where, n)
         row("direct: warm `encode_sessions` + `train.embed`", f"direct_{threads}t", where, n)
-    row(f"Spark: encoder UDF (`embed_sessions`), the lake's {r['partitions']} partition(s)", "spark_encoder",
+    tasks = r["tasks"]
+    row(f"Spark: encoder UDF (`embed_sessions`), {tasks['spark_encoder']} task(s)", "spark_encoder",
         r["spark_device"], n)
-    row(f"Spark: encoder UDF, sessions in {r['spread']} partitions (not the stage's path)",
-        "spark_encoder_spread", r["spark_device"], n)
-    row("Spark: MiniLM (`embed_texts_st` + `join_back`)", "spark_minilm", r["spark_device"], n)
+    row(f"Spark: MiniLM (`embed_texts_st` + `join_back`), {tasks['spark_minilm']} task(s)", "spark_minilm",
+        r["spark_device"], n)
+    row(f"Spark: MiniLM, texts repartitioned to {tasks['spark_minilm_spread']} (not the stage's path)",
+        "spark_minilm_spread", r["spark_device"], n)
     ratio = s["ratios"]
     cold = [x["seconds"] for x in r["spark_cold"]]
     lines = [
@@ -421,11 +452,13 @@ def markdown(r: dict, argv: list[str]) -> str:
         f"{t['spec']['n_tokens']:,} token rows), trained here (steps: {t['steps']}); inference uses the "
         "last one trained.",
         "", *table, "",
-        f"- **Spark: encoder / MiniLM = {ratio['spark_encoder_vs_minilm']}x** sequences/s on the same "
+        f"- **Spark: encoder / MiniLM = {ratio['spark_encoder_vs_spark_minilm']}x** sequences/s on the same "
         f"sessions ({s['spark_encoder']['per_cpu_s']} against {s['spark_minilm']['per_cpu_s']} sessions "
         "per CPU second, JVM and workers included); "
-        f"{ratio['spark_encoder_spread_vs_minilm']}x with the sessions spread over {r['spread']} partitions. "
-        "Both with the embed stage's settings: 2 Python "
+        f"{ratio['spark_encoder_vs_spark_minilm_spread']}x against MiniLM with its texts spread over "
+        f"{tasks['spark_minilm_spread']} tasks. The UDFs run in as many tasks as their input has "
+        "partitions: the encoder's, the `sessions` table's files; MiniLM's, the shuffle of `distinct_texts` "
+        "after adaptive execution coalesced it. All with the embed stage's settings: 2 Python "
         f"workers x 1 torch thread, Arrow batches of {c['arrow_batch_size']}, MiniLM batch "
         f"{c['minilm_batch_size']}, encoder batch {c['inference_batch_size']}.",
         "- Direct (one process) / Spark UDF for the encoder: " + ", ".join(
@@ -498,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
                "spark_device": f"cuda ({gpu})" if on_gpu else "cpu (local[2], 2 workers x 1 thread)"}
     print(f"machine {r['machine']}, gpu {gpu}, load {r['load_start']}", flush=True)
 
+    from pyspark.sql import functions as F
+
     from beha2vec import embed as embed_lib
     from beha2vec.config import load_config
     from beha2vec.encoder import driver
@@ -524,38 +559,40 @@ def main(argv: list[str] | None = None) -> int:
 
     shutil.rmtree(REGISTRY, ignore_errors=True)
     r["runs"] = {"train": {x: [] for x in args.threads}, "infer": {x: [] for x in args.threads},
-                 "spark_encoder": [], "spark_encoder_spread": [], "spark_minilm": []}
+                 "spark_encoder": [], "spark_minilm": [], "spark_minilm_spread": []}
     for _ in range(args.repeats):
         for threads in args.threads:
             r["runs"]["train"][threads].append(in_subprocess("train", args, threads))
             print(f"  train, {threads} threads: {r['runs']['train'][threads][-1]}", flush=True)
     model_path = str(max(REGISTRY.glob("v*"), key=lambda p: int(p.name[1:])))
-    r["partitions"], r["spread"] = sessions.rdd.getNumPartitions(), spark.sparkContext.defaultParallelism
-    spread = sessions.repartition(r["spread"]).persist()
-    spread.count()
+    slots = spark.sparkContext.defaultParallelism
+    after_aqe = embed_lib.distinct_texts(sessions).select(F.spark_partition_id()).distinct().count()
+    r["tasks"] = {"spark_encoder": sessions.rdd.getNumPartitions(), "spark_minilm": after_aqe,
+                  "spark_minilm_spread": slots}
 
     def encoder_rows(frame):
         return embed_sessions(frame, model_path, "encoder:bench", args.device, enc.torch_threads or 1,
                               args.batch_size)
 
-    def minilm_rows(frame):
+    def minilm_rows(frame, partitions: int = 0):
         texts = embed_lib.distinct_texts(frame)
+        texts = texts.repartition(partitions) if partitions else texts
         vectors = embed_lib.embed_texts_st("minilm", texts, emb).drop("worker_pid", "worker_loads")
         return embed_lib.join_back(frame, vectors, "minilm")
 
-    paths = {"spark_encoder": (encoder_rows, sessions), "spark_encoder_spread": (encoder_rows, spread),
-             "spark_minilm": (minilm_rows, sessions)}
+    # MiniLM in fewer tasks than slots last: the idle worker may be ended (after a minute) during it
+    paths = {"spark_encoder": encoder_rows, "spark_minilm_spread": lambda frame: minilm_rows(frame, slots),
+             "spark_minilm": minilm_rows}
     seen = {}
-    for path, (rows_of, frame) in paths.items():  # warm-up on a sample: each worker loads torch and a model
-        print(f"  warm-up {path}: {spark_run(rows_of(frame.sample(0.05, seed=1)))}", flush=True)
+    for path, rows_of in paths.items():  # warm-up on a sample: each worker loads torch and a model
+        print(f"  warm-up {path}: {spark_run(rows_of(sessions.sample(0.05, seed=1)))}", flush=True)
         seen[path] = python_workers()
     r["spark_cold"] = []
 
     def spark_warm(path: str) -> dict:
         """One run; again (up to twice) when a Python worker new to this path took part."""
         for _ in range(3):
-            rows_of, frame = paths[path]
-            out = spark_run(rows_of(frame))
+            out = spark_run(paths[path](sessions))
             workers = python_workers()
             print(f"  {path}: {out}, workers {sorted(workers)}", flush=True)
             if workers <= seen[path]:
@@ -572,7 +609,6 @@ def main(argv: list[str] | None = None) -> int:
             lengths = r["runs"]["infer"][threads][-1].pop("lengths")
             print(f"  infer, {threads} threads: {r['runs']['infer'][threads][-1]}", flush=True)
     sessions.unpersist()
-    spread.unpersist()
     r["mean_visits"] = round(statistics.fmean(lengths), 2)
     measured = in_subprocess("flops", args, args.threads[0], lengths=json.dumps(sorted(set(lengths))))
     r["peak_gflops"] = measured["peak_gflops"]
@@ -580,9 +616,10 @@ def main(argv: list[str] | None = None) -> int:
                                r["runs"]["train"][args.threads[0]][0]["spec"], args.batch_size)
     r["load_end"] = minilm.load()
     r["summary"] = summarise(r)
+    results = OUT / ("results-quick.json" if args.quick else "results.json")
+    results.write_text(json.dumps(r, indent=1, default=str))  # kept should the report fail
     r["markdown"] = markdown(r, argv)
-    (OUT / ("results-quick.json" if args.quick else "results.json")).write_text(
-        json.dumps(r, indent=1, default=str))
+    results.write_text(json.dumps(r, indent=1, default=str))
     print("\n" + r["markdown"])
     return 0
 

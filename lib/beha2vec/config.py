@@ -181,7 +181,7 @@ class EncoderConfig:
     seed: int = 42
     num_processes: int = 1
     device: str = "auto"
-    torch_threads: int = 0
+    torch_threads: int = 1
     inference_batch_size: int = 256
     weights: dict[str, float] = field(default_factory=lambda: {"url": 0.5, "theme": 0.3, "type": 0.2})
     enrich: EnrichConfig = field(default_factory=EnrichConfig)
