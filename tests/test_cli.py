@@ -75,7 +75,8 @@ def test_second_run_same_counts_new_versions(pipeline):
     runs = json.loads(cli("--lake", str(lake), "sql",
                           "SELECT stage, status, rows_in, rows_out, rows_rejected FROM runs",
                           "--format", "json").stdout)
-    assert len(runs) == 2 * 7 and all(r["status"] == "ok" for r in runs)
+    # per run: ingest, sessionize, features, train-encoder, embed x 3 models, evaluate
+    assert len(runs) == 2 * 8 and all(r["status"] == "ok" for r in runs)
     versions = json.loads(cli("--lake", str(lake), "sql", "SELECT version FROM encoder_runs ORDER BY version",
                               "--format", "json").stdout)
     assert [v["version"] for v in versions] == [1, 2]

@@ -7,7 +7,6 @@ for ``evaluate``), at most ``max_sessions_per_user`` sessions each, chosen by a 
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,6 @@ from beha2vec.encoder.model import ModelSpec
 from beha2vec.encoder.tokens import Tokenizer, encode_sessions, learn_vocab, stable_hash
 from beha2vec.encoder.train import Split, check, fit
 from beha2vec.splits import session_parts
-
-log = logging.getLogger(__name__)
 
 PREFIX_DEPTH = 3
 

@@ -13,7 +13,6 @@ at the same epoch).
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,8 +26,6 @@ from beha2vec.config import ConfigError, EncoderConfig, EvaluateConfig
 from beha2vec.encoder.model import ModelSpec, SessionEncoder
 from beha2vec.encoder.tokens import Encoded
 from beha2vec.evaluate import centroid_retrieval, identification, silhouette
-
-log = logging.getLogger(__name__)
 
 LOSSES = ("triplet", "infonce")
 MONITORS = ("recall_at_1", "recall_at_5", "id_accuracy", "silhouette_cosine")
@@ -46,8 +43,8 @@ def check(conf: EncoderConfig) -> None:
         (conf.dim % conf.heads == 0 and conf.dim % 2 == 0,
          f"encoder.dim ({conf.dim}) must be even and divisible by encoder.heads ({conf.heads})"),
         (conf.hash_buckets >= 1, "encoder.hash_buckets must be at least 1"),
-        (conf.max_visits >= 1 and conf.epochs >= 1 and conf.num_processes >= 1,
-         "encoder.max_visits, encoder.epochs and encoder.num_processes must be at least 1"),
+        (min(conf.max_visits, conf.epochs, conf.patience, conf.num_processes) >= 1,
+         "encoder.max_visits, encoder.epochs, encoder.patience and encoder.num_processes must be at least 1"),
         (all(k in ("url", "theme", "type") and v >= 0 for k, v in conf.weights.items())
          and conf.weights.get("url", 0) > 0,
          f"encoder.weights takes url (> 0), theme and type (>= 0), got {conf.weights}"),
@@ -257,10 +254,8 @@ def fit(spec: ModelSpec, train: Split, validation: Split, conf: EncoderConfig, e
             state.bad_epochs += 1
         state.epoch = epoch + 1
         if rank == 0:
-            log.info("epoch %d: loss %.4f, %s %.4f", epoch + 1, metrics["train_loss"], conf.monitor,
-                     metrics[conf.monitor])
             tqdm.write(f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f}, "
-                       f"{conf.monitor} {metrics[conf.monitor]:.3f} (validation users)")
+                       f"{conf.monitor} {metrics[conf.monitor]:.3f} (validation)")
             _save({"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
                    "state": asdict(state), "best_model": best_weights}, checkpoint)
     model.load_state_dict(best_weights)
