@@ -68,6 +68,9 @@ def embed_sessions(sessions: DataFrame, path: str, model_name: str, device: str,
                    batch_size: int) -> DataFrame:
     """``session_embeddings`` rows of the encoder saved at ``path``."""
     inputs = session_inputs(sessions)
+    cores = sessions.sparkSession.sparkContext.defaultParallelism
+    if inputs.rdd.getNumPartitions() < cores:  # a one-file table would otherwise use one core
+        inputs = inputs.repartition(cores)
     udf = encoder_udf(os.path.abspath(path), device, threads, batch_size)
     vectors = inputs.select("session_id", "user_id", udf(F.struct(*INPUT_COLUMNS)).alias("embedding"))
     return vectors.select(
