@@ -256,6 +256,7 @@ def test_train_encoder_stage_saves_a_version_and_records_the_run(trained_lake):
     assert files >= {"model.pt", "config.json", "metrics.json", "checkpoint.pt"}
     runs = ctx.lake.read("encoder_runs").collect()
     assert len(runs) == 1 and runs[0]["version"] == 1 and runs[0]["train_users"] == report["train_users"]
+    assert registry.categories(root / "v1")["bbc.co.uk"] == "news"  # the domain map travels with the model
     test_users = {r["user_id"] for r in ctx.lake.read("sessions").select(
         "user_id", user_part(F.col("user_id"), ctx.config.evaluate.seed, 0.3, 0.3).alias("p"))
         .where("p = 'test'").collect()}

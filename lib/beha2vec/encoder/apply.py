@@ -32,13 +32,13 @@ def load_cached(path: str, device: str, threads: int):
         import torch
 
         from beha2vec.encoder.driver import make_labeller
-        from beha2vec.encoder.registry import load
+        from beha2vec.encoder.registry import categories, load
 
         if threads:
             torch.set_num_threads(threads)
         chosen = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         model, tokenizer, enrich = load(Path(path), chosen)
-        _LOADED[key] = (model, tokenizer, make_labeller(enrich), chosen)
+        _LOADED[key] = (model, tokenizer, make_labeller(enrich, categories(Path(path))), chosen)
     return _LOADED[key]
 
 

@@ -27,14 +27,15 @@ from beha2vec.splits import session_parts
 PREFIX_DEPTH = 3
 
 
-def make_labeller(enrich: EnrichConfig):
-    """The page theme/type labeller of ``enrich``, or None when both streams are off."""
+def make_labeller(enrich: EnrichConfig, categories: dict[str, str] | None = None):
+    """The page theme/type labeller of ``enrich`` (domain map: ``categories``, else the bundled
+    one), or None when both streams are off."""
     if enrich.theme == "off" and enrich.page_type == "off":
         return None
     from beha2vec.enrich import Labeller
     from beha2vec.features import load_categories
 
-    return Labeller(enrich, load_categories())
+    return Labeller(enrich, categories if categories is not None else load_categories())
 
 
 def training_sessions(sessions: DataFrame, config: Config) -> DataFrame:
@@ -56,6 +57,7 @@ def training_sessions(sessions: DataFrame, config: Config) -> DataFrame:
 class Prepared:
     tokenizer: Tokenizer
     spec: ModelSpec
+    categories: dict[str, str]
     train: Split
     validation: Split
 
@@ -84,12 +86,15 @@ def prepare(frame: pd.DataFrame, config: Config, tokenizer: Tokenizer | None = N
         vocab = learn_vocab(train["domains"], conf.vocab_size, conf.min_count)
         tokenizer = Tokenizer(conf.hash_buckets, vocab, PREFIX_DEPTH if conf.path_prefixes else 0,
                               config.sessionize.timezone, conf.max_visits)
-    labeller = make_labeller(conf.enrich)
+    from beha2vec.features import load_categories
+
+    categories = load_categories(config.features.categories_file)
+    labeller = make_labeller(conf.enrich, categories)
     weights = {"url": 0.0, "theme": 0.0, "type": 0.0} | conf.weights
     spec = ModelSpec(tokenizer.n_tokens, conf.dim, conf.layers, conf.heads, conf.ff_dim, conf.dropout,
                      conf.out_dim, conf.max_visits, weights["url"], weights["theme"], weights["type"])
     return Prepared(
-        tokenizer, spec,
+        tokenizer, spec, categories,
         Split(encode_sessions(train, tokenizer, labeller), train["user_id"].to_numpy()),
         Split(encode_sessions(validation, tokenizer, labeller), validation["user_id"].to_numpy()),
     )
@@ -130,7 +135,8 @@ def train(frame: pd.DataFrame, config: Config, run_dir: Path, resume: bool) -> t
     if resume:
         tokenizer = Tokenizer(**json.loads((run_dir / "config.json").read_text())["tokenizer"])
     prepared = prepare(frame, config, tokenizer)
-    registry.save_config(run_dir, prepared.spec, prepared.tokenizer, conf.enrich, config.to_dict())
+    registry.save_config(run_dir, prepared.spec, prepared.tokenizer, conf.enrich, config.to_dict(),
+                         prepared.categories)
     args = (prepared.spec, prepared.train, prepared.validation, conf, config.evaluate, str(run_dir), resume)
     if conf.num_processes == 1:
         return prepared, fit(*args)

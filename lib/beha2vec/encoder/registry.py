@@ -74,10 +74,13 @@ def resolve_incomplete(root: Path, version: str) -> tuple[int, Path]:
 
 
 def save_config(path: Path, spec: ModelSpec, tokenizer: Tokenizer, enrich: EnrichConfig,
-                training: dict) -> None:
-    """Written when training starts: a resumed run reuses this tokenizer (and its vocabulary)."""
+                training: dict, categories: dict[str, str] | None = None) -> None:
+    """Written when training starts: a resumed run reuses this tokenizer (and its vocabulary).
+
+    The domain map of the theme labels travels inside, so workers label pages as training did.
+    """
     config = {"spec": spec.to_dict(), "tokenizer": tokenizer.to_dict(), "enrich": dataclasses.asdict(enrich),
-              "training": training}
+              "training": training, "categories": categories}
     (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
 
 
@@ -87,6 +90,11 @@ def save_model(path: Path, weights: dict, metrics: dict) -> None:
     tmp = path / (MODEL_FILE + ".tmp")
     torch.save(weights, tmp)
     os.replace(tmp, path / MODEL_FILE)
+
+
+def categories(path: Path) -> dict[str, str] | None:
+    """The domain map the model was trained with (None: the bundled one)."""
+    return json.loads((path / "config.json").read_text()).get("categories")
 
 
 def load(path: Path, device: str = "cpu") -> tuple[SessionEncoder, Tokenizer, EnrichConfig]:
