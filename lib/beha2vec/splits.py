@@ -20,7 +20,6 @@ from pyspark.sql import functions as F
 from beha2vec.config import ConfigError
 
 BUCKETS = 10_000
-PARTS = ("train", "validation", "test")
 HOLDOUT_BY = ("users", "time")
 
 

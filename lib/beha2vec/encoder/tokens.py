@@ -18,11 +18,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from beha2vec.enrich import OFF
+
 PAD = 0
 LABEL_BUCKETS = 4096
 N_TIME_FEATURES = 6
 EMPTY = "(empty)"
-OFF = "(off)"
 HASH = "blake2b-64"
 
 
