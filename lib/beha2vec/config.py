@@ -188,6 +188,51 @@ class EncoderConfig:
 
 
 @dataclass
+class UserVectorsConfig:
+    """Per-user vectors from session embeddings (docs/clustering.md)."""
+
+    models: list[str] = field(default_factory=list)
+    aggregations: list[str] = field(default_factory=lambda: ["mean"])
+    recency_half_life_days: float = 14.0
+    min_sessions: int = 2
+    include_bots: bool = False
+    normalize: bool = True
+    standardize: bool = False
+    combine: dict[str, float] = field(default_factory=dict)
+    sparse_dim: int = 256
+    seed: int = 42
+
+
+@dataclass
+class ClusterConfig:
+    """k sweep with MLlib KMeans and BisectingKMeans, k chosen by silhouette and stability."""
+
+    models: list[str] = field(default_factory=list)
+    algorithms: list[str] = field(default_factory=lambda: ["kmeans", "bisecting"])
+    k_min: int = 3
+    k_max: int = 20
+    seeds: list[int] = field(default_factory=lambda: [42, 99, 1337, 7, 2024])
+    max_iter: int = 40
+    tol: float = 1e-4
+    init_mode: str = "k-means||"
+    init_steps: int = 2
+    parallel_fits: int = 4
+    min_stability: float = 0.6
+    stability_sample: int = 20_000
+    min_users: int = 5
+    min_share: float = 0.01
+    select_model: str = ""
+
+
+@dataclass
+class ProfileConfig:
+    """What each cluster's profile lists (docs/clustering.md)."""
+
+    top_n: int = 10
+    min_support_users: int = 3
+
+
+@dataclass
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     lake: LakeConfig = field(default_factory=LakeConfig)
@@ -197,6 +242,9 @@ class Config:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    user_vectors: UserVectorsConfig = field(default_factory=UserVectorsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -174,6 +174,61 @@ ENCODER_RUNS = _s(
     ("config", T.StringType()),
 )
 
+USER_VECTORS = _s(
+    ("user_id", T.StringType()),
+    ("model", T.StringType()),
+    ("dim", T.IntegerType()),
+    ("vector", T.ArrayType(T.FloatType(), True)),
+    ("n_sessions", T.LongType()),
+)
+
+CLUSTER_SCORES = _s(
+    ("run_id", T.StringType()),
+    ("model", T.StringType()),
+    ("algorithm", T.StringType()),
+    ("k", T.IntegerType()),
+    ("seed", T.IntegerType()),
+    ("silhouette", T.DoubleType()),
+    ("stability", T.DoubleType()),
+    ("cost", T.DoubleType()),
+    ("iterations", T.IntegerType()),
+    ("fit_s", T.DoubleType()),
+    ("n_users", T.LongType()),
+    ("smallest", T.LongType()),
+    ("largest", T.LongType()),
+    ("chosen_k", T.BooleanType()),
+    ("chosen", T.BooleanType()),
+    ("selected", T.BooleanType()),
+)
+
+USER_CLUSTERS = _s(
+    ("user_id", T.StringType()),
+    ("model", T.StringType()),
+    ("algorithm", T.StringType()),
+    ("k", T.IntegerType()),
+    ("seed", T.IntegerType()),
+    ("cluster", T.IntegerType()),
+    ("distance", T.DoubleType()),
+    ("is_small", T.BooleanType()),
+    ("selected", T.BooleanType()),
+)
+
+CLUSTER_PROFILES = _s(
+    ("model", T.StringType()),
+    ("algorithm", T.StringType()),
+    ("k", T.IntegerType()),
+    ("cluster", T.IntegerType()),
+    ("is_small", T.BooleanType()),
+    ("users", T.LongType()),
+    ("facet", T.StringType()),
+    ("key", T.StringType()),
+    ("value", T.DoubleType()),
+    ("share", T.DoubleType()),
+    ("base_share", T.DoubleType()),
+    ("lift", T.DoubleType()),
+    ("rank", T.IntegerType()),
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -193,6 +248,14 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("evaluation", EVALUATION, "how well each model separates and identifies users"),
         TableSpec("encoder_runs", ENCODER_RUNS,
                   "one row per trained sequence encoder: version, data, metrics"),
+        TableSpec("user_vectors", USER_VECTORS, "one vector per user and model, aggregated from sessions",
+                  partition_by=("model",)),
+        TableSpec("cluster_scores", CLUSTER_SCORES,
+                  "one row per clustering fit (model, algorithm, k, seed): silhouette, stability, cost"),
+        TableSpec("user_clusters", USER_CLUSTERS,
+                  "each user's cluster in the chosen clustering of every model and algorithm"),
+        TableSpec("cluster_profiles", CLUSTER_PROFILES,
+                  "what each cluster of the selected clustering looks like: one row per (cluster, facet, key)"),
     )
 }
 
