@@ -23,7 +23,8 @@ from beha2vec.sql import FORMATS, SqlError
 
 log = logging.getLogger("beha2vec")
 
-PIPELINE = ("ingest", "sessionize", "features", "train-encoder", "embed", "evaluate")
+PIPELINE = ("ingest", "sessionize", "features", "train-encoder", "embed", "user-vectors", "cluster",
+            "evaluate", "profile", "report")
 USER_ERRORS = (ConfigError, InputError, LakeError, SqlError, ConservationError, ValueError)
 
 EXAMPLE_QUERIES = (
@@ -60,21 +61,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("features", help="sessions into behavioural features per session")
 
     p = sub.add_parser("train-encoder", help="train the sequence encoder on the driver (a new model version)")
-    p.add_argument("--resume", metavar="VERSION", help="continue the run of this version from its checkpoint")
+    p.add_argument("--resume", dest="resume_version", metavar="VERSION",
+                   help="continue the run of this version from its checkpoint")
 
     p = sub.add_parser("embed", help="sessions into session_embeddings, one partition per model")
     p.add_argument("--model", action="append", dest="models", metavar="NAME",
                    help="minilm, any sentence-transformers name or path, openai:<model>, tfidf, features, "
                         "encoder[:VERSION] (repeatable; default: embed.models)")
 
+    sub.add_parser("user-vectors", help="session embeddings into one vector per user and model")
+    sub.add_parser("cluster", help="k sweep (MLlib KMeans, BisectingKMeans); k by silhouette and stability")
+
     p = sub.add_parser("evaluate", help="how well each model separates and identifies users")
     p.add_argument("--truth", metavar="CSV", help="user_id,persona file (synthetic data) for persona purity")
 
-    p = sub.add_parser("run", help="every stage: " + " -> ".join(PIPELINE)
-                       + " (train-encoder when embed.models names the encoder)")
-    p.add_argument("--source", required=True, choices=SOURCES)
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    sub.add_parser("profile", help="the selected clustering's clusters in numbers")
+    sub.add_parser("report", help="one self-contained HTML report under <lake>/report/")
+
+    p = sub.add_parser("run", help="the stages " + " -> ".join(PIPELINE)
+                       + " (train-encoder only when embed.models names the encoder)")
+    p.add_argument("--source", choices=SOURCES, help="input format (needed when ingest runs)")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="input files (needed when ingest runs)")
     p.add_argument("--truth", metavar="CSV", help="user_id,persona file for evaluate")
+    p.add_argument("--from", dest="first", choices=PIPELINE, help="first stage to run")
+    p.add_argument("--to", dest="last", choices=PIPELINE, help="last stage to run")
+    p.add_argument("--resume", action="store_true",
+                   help="start at the first stage whose latest run failed, is missing, or is older than "
+                        "the run of the stage before it (from the runs table)")
 
     p = sub.add_parser("synth", help="synthetic data with planted personas")
     p.add_argument("--kind", required=True, choices=("ga4", "webtracking"))
@@ -149,46 +162,138 @@ def _summary(ctx: Context) -> None:
         print(f'  beha2vec --lake {ctx.lake.root} sql "{q}"')
 
 
+def _ingest(ctx: Context, args: argparse.Namespace) -> None:
+    from beha2vec import stages
+
+    if not args.source or not args.paths:
+        raise ValueError("ingest needs --source and at least one PATH (or start later with --from)")
+    report = stages.ingest(ctx, args.source, args.paths)
+    print(f"ingest: {report['rows_in']:,} records -> {report['rows_out']:,} events, "
+          f"{report['rows_rejected']:,} rejected")
+
+
+def _sessionize(ctx: Context, args: argparse.Namespace) -> None:
+    from beha2vec import stages
+
+    report = stages.sessionize(ctx)
+    print(f"sessionize: {report['rows_in']:,} events -> {report['sessions']:,} sessions "
+          f"({report['bot_sessions']:,} of bot-like users)")
+
+
+def _features(ctx: Context, args: argparse.Namespace) -> None:
+    from beha2vec import stages
+
+    report = stages.features(ctx)
+    print(f"features: {report['rows_out']:,} sessions x {report['features']} features")
+
+
+def _train_encoder(ctx: Context, args: argparse.Namespace) -> None:
+    from beha2vec import stages
+
+    report = stages.train_encoder(ctx, getattr(args, "resume_version", None))
+    best = ", ".join(f"{k} {v:.3f}" for k, v in report["best"].items() if k not in ("epoch", "train_loss"))
+    print(f"train-encoder: v{report['version']} on {report['train_users']:,} users "
+          f"({report['train_sessions']:,} sessions), best epoch {report['best_epoch']} on "
+          f"{report['validation_users']:,} validation users: {best}\n  saved in {report['path']}")
+
+
+def _embed(ctx: Context, args: argparse.Namespace) -> None:
+    from beha2vec import stages
+
+    for report in stages.embed(ctx, getattr(args, "models", None)):
+        extra = f" ({report['distinct_texts']:,} distinct texts)" if "distinct_texts" in report else ""
+        if "version" in report:
+            extra += f" (v{report['version']})"
+        print(f"embed {report['model']}: {report['rows_out']:,} sessions{extra}")
+
+
+def _user_vectors(ctx: Context, args: argparse.Namespace) -> None:
+    from beha2vec import stages
+
+    report = stages.user_vectors(ctx)
+    users = ", ".join(f"{m} {n:,}" for m, n in sorted(report["users_per_model"].items()))
+    print(f"user-vectors: users per model: {users}; {report['rows_rejected']:,} (model, user) pairs "
+          "left out (see rejects)")
+
+
+def _cluster(ctx: Context, args: argparse.Namespace) -> None:
+    from beha2vec import stages
+
+    report = stages.cluster(ctx)
+    for c in report["chosen"]:
+        print(f"cluster {c['model']}/{c['algorithm']}: k={c['k']} (seed {c['seed']}), silhouette "
+              f"{c['silhouette']:.3f}, stability {c['stability']:.2f}")
+    for s in report["selected"]:
+        print(f"  selected for profiles and interpretation: {s['model']}/{s['algorithm']} k={s['k']} "
+              f"({report['fits']} fits in all)")
+
+
+def _evaluate(ctx: Context, args: argparse.Namespace) -> None:
+    from beha2vec import stages
+
+    _print_evaluation(stages.evaluate(ctx))
+
+
+def _profile(ctx: Context, args: argparse.Namespace) -> None:
+    from beha2vec import stages
+
+    report = stages.profile(ctx)
+    print(f"profile: {report['clusters']} clusters ({report['small']} small) of {report['rows_in']:,} users, "
+          f"{report['rows']:,} profile rows")
+
+
+def _report(ctx: Context, args: argparse.Namespace) -> None:
+    from beha2vec import stages
+
+    print(f"report: {stages.report(ctx)['path']}")
+
+
+RUNNERS = {"ingest": _ingest, "sessionize": _sessionize, "features": _features,
+           "train-encoder": _train_encoder, "embed": _embed, "user-vectors": _user_vectors,
+           "cluster": _cluster, "evaluate": _evaluate, "profile": _profile, "report": _report}
+
+
+def _wanted(stages: list[str], config) -> list[str]:
+    """The pipeline's stages less train-encoder when no embedding model needs it."""
+    if not any(m.startswith("encoder") for m in config.embed.models):
+        return [s for s in stages if s != "train-encoder"]
+    return stages
+
+
+def _todo(ctx: Context, args: argparse.Namespace) -> list[str]:
+    """The stages this command runs, in order."""
+    from beha2vec.runs import resume_point
+
+    if args.command != "run":
+        return [args.command] if args.command in RUNNERS else []
+    stages = _wanted(list(PIPELINE), ctx.config)
+    first = args.first
+    if args.resume:
+        if first:
+            raise ValueError("give either --from or --resume, not both")
+        first = resume_point(ctx.lake, stages)
+        if first is None:
+            print("run --resume: every stage's latest run is ok and newer than the one before it")
+            return []
+        print(f"run --resume: starting at {first}")
+    start = stages.index(first) if first in stages else 0
+    stop = stages.index(args.last) + 1 if args.last in stages else len(stages)
+    if start >= stop:
+        raise ValueError(f"--from {args.first or first} comes after --to {args.last}")
+    return stages[start:stop]
+
+
 def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "synth":
         _cmd_synth(args)
         return
     config = load_config(args.conf, args.overrides, args.lake)
     ctx = Context(config)
-    from beha2vec import stages
-
     if getattr(args, "truth", None):
         config.evaluate.truth_users_file = args.truth
     started = time.perf_counter()
-    todo = PIPELINE if args.command == "run" else (args.command,)
-    if "ingest" in todo:
-        report = stages.ingest(ctx, args.source, args.paths)
-        print(f"ingest: {report['rows_in']:,} records -> {report['rows_out']:,} events, "
-              f"{report['rows_rejected']:,} rejected")
-    if "sessionize" in todo:
-        report = stages.sessionize(ctx)
-        print(f"sessionize: {report['rows_in']:,} events -> {report['sessions']:,} sessions "
-              f"({report['bot_sessions']:,} of bot-like users)")
-    if "features" in todo:
-        report = stages.features(ctx)
-        print(f"features: {report['rows_out']:,} sessions x {report['features']} features")
-    wants_encoder = args.command == "train-encoder" or any(
-        m.startswith("encoder") for m in config.embed.models)
-    if "train-encoder" in todo and wants_encoder:
-        report = stages.train_encoder(ctx, getattr(args, "resume", None))
-        best = ", ".join(f"{k} {v:.3f}" for k, v in report["best"].items()
-                         if k not in ("epoch", "train_loss"))
-        print(f"train-encoder: v{report['version']} on {report['train_users']:,} users "
-              f"({report['train_sessions']:,} sessions), best epoch {report['best_epoch']} on "
-              f"{report['validation_users']:,} validation users: {best}\n  saved in {report['path']}")
-    if "embed" in todo:
-        for report in stages.embed(ctx, getattr(args, "models", None)):
-            extra = f" ({report['distinct_texts']:,} distinct texts)" if "distinct_texts" in report else ""
-            if "version" in report:
-                extra += f" (v{report['version']})"
-            print(f"embed {report['model']}: {report['rows_out']:,} sessions{extra}")
-    if "evaluate" in todo:
-        _print_evaluation(stages.evaluate(ctx))
+    for stage in _todo(ctx, args):
+        RUNNERS[stage](ctx, args)
     if args.command == "run":
         print(f"done in {time.perf_counter() - started:.1f} s\n")
         _summary(ctx)

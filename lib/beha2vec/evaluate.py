@@ -328,3 +328,48 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
     table = results.pivot(index="model", columns="metric", values="value")
     known = [m for m in METRIC_ORDER if m in table.columns]
     return table[known + sorted(set(table.columns) - set(known))].rename_axis(columns=None)
+
+
+def recovery_scores(contingency: np.ndarray) -> tuple[float, float]:
+    """Adjusted Rand index and NMI (arithmetic mean of entropies) from a clusters × personas table.
+
+    From counts rather than labels, so Spark can build the table over any number of users.
+    """
+    table = np.asarray(contingency, dtype=np.float64)
+    n = table.sum()
+
+    def pairs(x: np.ndarray) -> float:
+        return float((x * (x - 1) / 2).sum())
+
+    rows, cols = table.sum(axis=1), table.sum(axis=0)
+    expected = pairs(rows) * pairs(cols) / (n * (n - 1) / 2)
+    top = (pairs(rows) + pairs(cols)) / 2
+    ari = 1.0 if top == expected else (pairs(table) - expected) / (top - expected)
+
+    def entropy(p: np.ndarray) -> float:
+        p = p[p > 0] / n
+        return float(-(p * np.log(p)).sum())
+
+    nz = table > 0
+    mutual = float((table[nz] / n * np.log(table[nz] * n / np.outer(rows, cols)[nz])).sum())
+    mean_h = (entropy(rows) + entropy(cols)) / 2
+    return float(ari), (1.0 if mean_h == 0 else mutual / mean_h)
+
+
+def persona_recovery(user_clusters: DataFrame, truth: DataFrame) -> pd.DataFrame:
+    """ARI and NMI of each (model, algorithm) clustering against the planted personas.
+
+    ``truth`` has ``user_id, persona``; only users present in both count.
+    """
+    counts = (user_clusters.join(truth.select(F.col("user_id").cast("string"), "persona"), "user_id")
+              .groupBy("model", "algorithm", "k", "seed", "cluster", "persona").count().toPandas())
+    rows = []
+    for (model, algorithm, k, seed), group in counts.groupby(["model", "algorithm", "k", "seed"]):
+        table = group.pivot_table(index="cluster", columns="persona", values="count", fill_value=0)
+        ari, nmi = recovery_scores(table.to_numpy())
+        params = json.dumps({"k": int(k), "seed": int(seed), "n_personas": int(table.shape[1])})
+        n_users = int(group["count"].sum())
+        for metric, value in (("persona_ari", ari), ("persona_nmi", nmi)):
+            rows.append({"model": f"{model}/{algorithm}", "metric": metric, "value": value,
+                         "n_users": n_users, "n_sessions": 0, "params": params})
+    return pd.DataFrame(rows, columns=COLUMNS)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from pyspark.sql import functions as F
+
 from beha2vec import __version__
 from beha2vec.config import Config
 from beha2vec.lake import Lake
@@ -83,3 +85,25 @@ def recorded(lake: Lake, config: Config, stage: str) -> Iterator[Run]:
             lake.write(lake.spark.createDataFrame([row], RUNS), "runs", mode="append")
         except Exception as exc:  # the stage's own outcome matters more than its record
             log.error("could not record run %s of %s: %s", run.run_id, stage, exc)
+
+
+def resume_point(lake: Lake, stages: list[str]) -> str | None:
+    """The first of ``stages`` to run again: its latest run failed or is missing, or it finished
+    before the latest run of the stage before it (its input changed since); None when all is fresh."""
+    if not lake.exists("runs"):
+        return stages[0]
+    latest = {r["stage"]: r for r in lake.read("runs").groupBy("stage").agg(
+        F.max_by(F.struct("status", "finished_at"), "started_at").alias("last")).select(
+        "stage", "last.status", "last.finished_at").collect()}
+    return first_stale(stages, {s: (r["status"], r["finished_at"]) for s, r in latest.items()})
+
+
+def first_stale(stages: list[str], latest: dict[str, tuple[str, dt.datetime]]) -> str | None:
+    """Pure part of :func:`resume_point`: ``latest`` maps a stage to its last (status, finished_at)."""
+    previous = None
+    for stage in stages:
+        status, finished = latest.get(stage, (None, None))
+        if status != "ok" or (previous is not None and finished < previous):
+            return stage
+        previous = finished
+    return None

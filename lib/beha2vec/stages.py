@@ -224,9 +224,127 @@ def evaluate(ctx: Context):
         truth = pd.read_csv(conf.truth_users_file, dtype=str) if conf.truth_users_file else None
         results = evaluate_lib.evaluate_models(ctx.lake.read("session_embeddings"), conf, truth,
                                                ctx.lake.read("sessions"))
+        if truth is not None and ctx.lake.exists("user_clusters"):
+            recovery = evaluate_lib.persona_recovery(ctx.lake.read("user_clusters"),
+                                                     ctx.spark.createDataFrame(truth[["user_id", "persona"]]))
+            results = pd.concat([results, recovery], ignore_index=True)
         results.insert(0, "run_id", run.run_id)
         frame = ctx.spark.createDataFrame(results[EVALUATION.fieldNames()], EVALUATION)
         written = ctx.lake.write(frame, "evaluation")
         run.rows_in = run.rows_out = written.rows
         run.details.update(models=sorted(results["model"].unique().tolist()))
     return evaluate_lib.comparison_table(results)
+
+
+def user_vectors(ctx: Context) -> dict:
+    """``session_embeddings`` into ``user_vectors``; users left out land in ``rejects`` with why."""
+    from beha2vec import user_vectors as uv
+    from beha2vec.config import ConfigError
+
+    conf = ctx.config.user_vectors
+    with recorded(ctx.lake, ctx.config, "user-vectors") as run:
+        embeddings = ctx.lake.read("session_embeddings")
+        present = sorted(r["model"] for r in embeddings.select("model").distinct().collect())
+        models = conf.models or present
+        missing = sorted((set(models) | set(conf.combine)) - set(present))
+        if missing:
+            raise ConfigError(f"user_vectors: no session embeddings of model(s) {', '.join(missing)} "
+                              f"(embedded: {', '.join(present) or 'none'}); run embed first")
+        vectors, rejected = uv.user_vectors(embeddings, ctx.lake.read("sessions"), conf,
+                                            sorted(set(models) | set(conf.combine)))
+        written = ctx.lake.write(vectors, "user_vectors")
+        rejects = ctx.lake.write(
+            rejected.select(F.lit(run.run_id).alias("run_id"), F.lit("user-vectors").alias("stage"),
+                            F.col("model").alias("source"),
+                            *(F.lit(None).alias(c) for c in ("file", "line", "offset")),
+                            F.col("user_id").alias("raw"), "reason"),
+            "rejects", replace={"stage": "user-vectors"})
+        per_model = {r["model"]: r["n"] for r in ctx.lake.read("user_vectors").groupBy("model")
+                     .agg(F.count(F.lit(1)).alias("n")).collect()}
+        run.rows_out = sum(n for m, n in per_model.items() if m != uv.COMBINED)
+        run.rows_rejected = rejects.rows
+        run.rows_in = run.rows_out + run.rows_rejected
+        run.details.update(users_per_model=per_model, aggregations=conf.aggregations,
+                           user_vectors_version=written.version)
+    return run.details | {"rows_in": run.rows_in, "rows_out": run.rows_out,
+                          "rows_rejected": run.rows_rejected}
+
+
+def cluster(ctx: Context) -> dict:
+    """``user_vectors`` into ``cluster_scores`` and ``user_clusters`` (see :mod:`beha2vec.cluster`)."""
+    import pandas as pd
+
+    from beha2vec import cluster as cluster_lib
+    from beha2vec.config import ConfigError
+    from beha2vec.tables import CLUSTER_SCORES
+    from beha2vec.user_vectors import COMBINED
+
+    conf = ctx.config.cluster
+    cluster_lib.validate(conf)
+    with recorded(ctx.lake, ctx.config, "cluster") as run:
+        vectors = ctx.lake.read("user_vectors")
+        present = sorted(r["model"] for r in vectors.select("model").distinct().collect())
+        models = conf.models or present
+        missing = sorted(set(models) - set(present))
+        if missing:
+            raise ConfigError(f"cluster.models: no user vectors of {', '.join(missing)} "
+                              f"(present: {', '.join(present)}); run user-vectors first")
+        selected = cluster_lib.selected_model(models, conf, COMBINED)
+        scores, parts = [], []
+        for name in models:
+            rows = vectors.where(F.col("model") == name).select("user_id", "vector")
+            rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+            model_scores, chosen = cluster_lib.sweep(rows, conf, name)
+            best = max(chosen.values(), key=lambda f: f.silhouette).algorithm
+            model_scores["selected"] = (name == selected) & model_scores["chosen"] & (
+                model_scores["algorithm"] == best)
+            scores.append(model_scores)
+            for algorithm, fit in chosen.items():
+                parts.append(cluster_lib.assignments(rows, name, fit, conf).withColumn(
+                    "selected", F.lit(name == selected and algorithm == best)))
+            rows.unpersist()
+        table = pd.concat(scores, ignore_index=True)
+        table.insert(0, "run_id", run.run_id)
+        ctx.lake.write(ctx.spark.createDataFrame(table[CLUSTER_SCORES.fieldNames()], CLUSTER_SCORES),
+                       "cluster_scores")
+        union = parts[0]
+        for part in parts[1:]:
+            union = union.unionByName(part)
+        written = ctx.lake.write(union, "user_clusters")
+        chosen_rows = table[table["chosen"]]
+        run.rows_in = int(sum(chosen_rows["n_users"]))
+        run.rows_out = written.rows
+        run.details.update(
+            fits=len(table), selected=table.loc[table["selected"], ["model", "algorithm", "k"]]
+            .to_dict("records"),
+            chosen=chosen_rows[["model", "algorithm", "k", "seed", "silhouette", "stability"]]
+            .to_dict("records"))
+    return run.details | {"rows_in": run.rows_in, "rows_out": run.rows_out}
+
+
+def profile(ctx: Context) -> dict:
+    """``user_clusters`` (the selected clustering), ``sessions`` and ``events`` into ``cluster_profiles``."""
+    from beha2vec.profile import cluster_profiles
+
+    with recorded(ctx.lake, ctx.config, "profile") as run:
+        clusters = ctx.lake.read("user_clusters").where(F.col("selected"))
+        rows = cluster_profiles(clusters, ctx.lake.read("sessions"), ctx.lake.read("events"),
+                                ctx.config.profile, ctx.config.sessionize.timezone)
+        written = ctx.lake.write(rows, "cluster_profiles")
+        stats = ctx.lake.read("cluster_profiles").where(F.col("cluster") >= 0).agg(
+            F.countDistinct("cluster").alias("clusters"),
+            F.countDistinct(F.when(F.col("is_small"), F.col("cluster"))).alias("small")).first()
+        run.rows_in = clusters.count()
+        run.rows_out = run.rows_in
+        run.details.update(rows=written.rows, clusters=int(stats["clusters"]), small=int(stats["small"]))
+    return run.details | {"rows_in": run.rows_in}
+
+
+def report(ctx: Context) -> dict:
+    """Every table into one self-contained ``report/index.html`` under the lake root."""
+    from beha2vec.report import build_report
+
+    with recorded(ctx.lake, ctx.config, "report") as run:
+        path = build_report(ctx.lake)
+        run.details.update(path=str(path), bytes=path.stat().st_size)
+    return run.details

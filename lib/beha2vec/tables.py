@@ -255,7 +255,7 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("user_clusters", USER_CLUSTERS,
                   "each user's cluster in the chosen clustering of every model and algorithm"),
         TableSpec("cluster_profiles", CLUSTER_PROFILES,
-                  "what each cluster of the selected clustering looks like: one row per (cluster, facet, key)"),
+                  "the selected clustering's clusters in numbers: one row per (cluster, facet, key)"),
     )
 }
 

@@ -1,0 +1,191 @@
+"""Cluster users: a k sweep with Spark MLlib, k chosen by silhouette among stable solutions.
+
+For every model and algorithm (``KMeans``, ``BisectingKMeans``), every k in ``k_min..k_max`` is
+fitted once per seed. Each fit is scored by MLlib's ``ClusteringEvaluator`` (silhouette with
+squared euclidean distance, computed in one pass from cluster sums, so it scales to any number of
+users). The stability of a k is the mean adjusted Rand index between the seeds' assignments of a
+fixed sample of users: a k whose clusters change with the seed describes noise, not segments.
+
+The rule for k (stated once, in :func:`choose`): among the k whose stability is at least
+``min_stability``, the one with the highest mean silhouette over seeds; when no k is that stable,
+the highest mean silhouette overall (reported as such). At that k the seed with the best silhouette
+gives the users' clusters. Clusters with fewer users than ``max(min_users, min_share × users)`` are
+marked ``is_small``: kept in the tables, left out of interpretation.
+
+Fits are independent Spark jobs; ``parallel_fits`` submits several at once from driver threads,
+which keeps both cores busy when one fit's small jobs cannot.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from pyspark import StorageLevel
+from pyspark.ml.clustering import BisectingKMeans, KMeans
+from pyspark.ml.evaluation import ClusteringEvaluator
+from pyspark.ml.functions import array_to_vector
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from sklearn.metrics import adjusted_rand_score
+from tqdm.auto import tqdm
+
+from beha2vec.config import ClusterConfig, ConfigError
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ("kmeans", "bisecting")
+
+
+@dataclass
+class Fit:
+    """One fitted (algorithm, k, seed) and what it scored."""
+
+    algorithm: str
+    k: int
+    seed: int
+    model: object = field(repr=False)
+    silhouette: float
+    cost: float
+    iterations: int
+    fit_s: float
+    sizes: list[int]
+    sample_labels: np.ndarray = field(repr=False)
+
+
+def validate(conf: ClusterConfig) -> None:
+    """Reject settings that cannot produce a clustering, naming the key."""
+    problems = [
+        (set(conf.algorithms) <= set(ALGORITHMS) and conf.algorithms,
+         f"cluster.algorithms must be a non-empty list of {', '.join(ALGORITHMS)}, got {conf.algorithms}"),
+        (2 <= conf.k_min <= conf.k_max, f"cluster.k_min and k_max need 2 <= k_min <= k_max, got "
+                                         f"{conf.k_min} and {conf.k_max}"),
+        (len(conf.seeds) >= 1 and len(set(conf.seeds)) == len(conf.seeds),
+         f"cluster.seeds must be distinct and non-empty, got {conf.seeds}"),
+        (conf.init_mode in ("k-means||", "random"), f"cluster.init_mode must be k-means|| or random, "
+                                                    f"got {conf.init_mode}"),
+        (conf.max_iter >= 1 and conf.parallel_fits >= 1, "cluster.max_iter and parallel_fits must be >= 1"),
+        (0 <= conf.min_stability <= 1, f"cluster.min_stability must be in [0, 1], got {conf.min_stability}"),
+        (0 <= conf.min_share < 1, f"cluster.min_share must be in [0, 1), got {conf.min_share}"),
+    ]
+    for ok, message in problems:
+        if not ok:
+            raise ConfigError(message)
+
+
+def estimator(algorithm: str, k: int, seed: int, conf: ClusterConfig):
+    """The MLlib estimator of one fit."""
+    if algorithm == "kmeans":
+        return KMeans(k=k, seed=seed, maxIter=conf.max_iter, tol=conf.tol, initMode=conf.init_mode,
+                      initSteps=conf.init_steps)
+    return BisectingKMeans(k=k, seed=seed, maxIter=conf.max_iter, minDivisibleClusterSize=1.0)
+
+
+def fit_one(data: DataFrame, sample: DataFrame, algorithm: str, k: int, seed: int,
+            conf: ClusterConfig) -> Fit:
+    """Fit, score by silhouette, and label the stability sample (rows ordered by ``user_id``)."""
+    started = time.perf_counter()
+    fitted = estimator(algorithm, k, seed, conf).fit(data)
+    summary = fitted.summary
+    silhouette = ClusteringEvaluator().evaluate(summary.predictions)
+    labels = fitted.transform(sample).select("user_id", "prediction").toPandas()
+    return Fit(algorithm, k, seed, fitted, float(silhouette), float(summary.trainingCost),
+               int(summary.numIter), time.perf_counter() - started, [int(s) for s in summary.clusterSizes],
+               labels.sort_values("user_id")["prediction"].to_numpy())
+
+
+def stability(labels: list[np.ndarray]) -> float:
+    """Mean adjusted Rand index over all pairs of seeds' labelings; NaN with one seed."""
+    pairs = list(itertools.combinations(labels, 2))
+    if not pairs:
+        return float("nan")
+    return float(np.mean([adjusted_rand_score(a, b) for a, b in pairs]))
+
+
+def choose(scores: pd.DataFrame, min_stability: float) -> tuple[int, int, bool]:
+    """(k, seed, stable) by the module's rule from one algorithm's ``k, seed, silhouette, stability``."""
+    by_k = scores.groupby("k").agg(silhouette=("silhouette", "mean"), stability=("stability", "first"))
+    stable = by_k[by_k["stability"].isna() | (by_k["stability"] >= min_stability)]
+    pool = stable if len(stable) else by_k
+    k = int(pool["silhouette"].idxmax())
+    at_k = scores[scores["k"] == k].sort_values(["silhouette", "seed"], ascending=[False, True])
+    return k, int(at_k["seed"].iloc[0]), bool(len(stable))
+
+
+def small_threshold(n_users: int, conf: ClusterConfig) -> int:
+    """Fewest users a cluster needs to be interpreted."""
+    return max(conf.min_users, math.ceil(conf.min_share * n_users))
+
+
+def sweep(vectors: DataFrame, conf: ClusterConfig, name: str) -> tuple[pd.DataFrame, dict[str, Fit]]:
+    """Every fit of one model's ``user_vectors`` rows: (scores, chosen fit per algorithm)."""
+    validate(conf)
+    data = vectors.select("user_id", array_to_vector("vector").alias("features"))
+    sample = (data.orderBy(F.xxhash64(F.lit(conf.seeds[0]), "user_id"), "user_id")
+              .limit(conf.stability_sample).persist(StorageLevel.MEMORY_AND_DISK))
+    n_users = data.count()
+    ks = [k for k in range(conf.k_min, conf.k_max + 1) if k < n_users]
+    if not ks:
+        raise ValueError(f"model '{name}': {n_users} users cannot form {conf.k_min} or more clusters")
+    jobs = list(itertools.product(conf.algorithms, ks, conf.seeds))
+    fits: list[Fit] = []
+    try:
+        with ThreadPoolExecutor(conf.parallel_fits) as pool:
+            futures = [pool.submit(fit_one, data, sample, a, k, s, conf) for a, k, s in jobs]
+            for future in tqdm(as_completed(futures), total=len(futures), desc=f"cluster {name}",
+                               unit="fit", leave=False):
+                fits.append(future.result())
+    finally:
+        sample.unpersist()
+    scores = pd.DataFrame([{"model": name, "algorithm": f.algorithm, "k": f.k, "seed": f.seed,
+                            "silhouette": f.silhouette, "cost": f.cost, "iterations": f.iterations,
+                            "fit_s": f.fit_s, "n_users": n_users, "smallest": min(f.sizes),
+                            "largest": max(f.sizes)} for f in fits])
+    scores["stability"] = np.nan
+    for (algorithm, k), group in itertools.groupby(sorted(fits, key=lambda f: (f.algorithm, f.k, f.seed)),
+                                                   key=lambda f: (f.algorithm, f.k)):
+        at = (scores["algorithm"] == algorithm) & (scores["k"] == k)
+        scores.loc[at, "stability"] = stability([f.sample_labels for f in group])
+    scores["chosen_k"] = scores["chosen"] = False
+    chosen: dict[str, Fit] = {}
+    for algorithm, group in scores.groupby("algorithm"):
+        k, seed, stable = choose(group, conf.min_stability)
+        if not stable:
+            log.warning("cluster %s/%s: no k reaches stability %.2f; k=%d has the best silhouette",
+                        name, algorithm, conf.min_stability, k)
+        scores.loc[(scores["algorithm"] == algorithm) & (scores["k"] == k), "chosen_k"] = True
+        scores.loc[(scores["algorithm"] == algorithm) & (scores["k"] == k) & (scores["seed"] == seed),
+                   "chosen"] = True
+        chosen[str(algorithm)] = next(f for f in fits if (f.algorithm, f.k, f.seed) == (algorithm, k, seed))
+    return scores.sort_values(["algorithm", "k", "seed"], ignore_index=True), chosen
+
+
+def assignments(vectors: DataFrame, name: str, fit: Fit, conf: ClusterConfig) -> DataFrame:
+    """Each user's cluster in ``fit``, the euclidean distance to its centre, and ``is_small``."""
+    centers = F.array(*(F.array(*(F.lit(float(x)) for x in c)) for c in fit.model.clusterCenters()))
+    data = vectors.select("user_id", "vector", array_to_vector("vector").alias("features"))
+    labelled = fit.model.transform(data).withColumn("cluster", F.col("prediction").cast("int"))
+    center = F.element_at(centers, F.col("cluster") + 1)
+    squared = F.aggregate(F.zip_with("vector", center, lambda a, b: (a - b) * (a - b)), F.lit(0.0),
+                          lambda acc, x: acc + x)
+    small = [i for i, size in enumerate(fit.sizes) if size < small_threshold(sum(fit.sizes), conf)]
+    return labelled.select(
+        "user_id", F.lit(name).alias("model"), F.lit(fit.algorithm).alias("algorithm"),
+        F.lit(fit.k).alias("k"), F.lit(fit.seed).alias("seed"), "cluster",
+        F.sqrt(squared).alias("distance"), F.col("cluster").isin(small).alias("is_small"))
+
+
+def selected_model(models: list[str], conf: ClusterConfig, combined: str) -> str:
+    """The model whose clustering the later stages use: configured, else ``combined``, else the first."""
+    if conf.select_model:
+        if conf.select_model not in models:
+            raise ConfigError(f"cluster.select_model '{conf.select_model}' was not clustered; "
+                              f"clustered models: {', '.join(models)}")
+        return conf.select_model
+    return combined if combined in models else models[0]

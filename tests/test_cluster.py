@@ -1,0 +1,97 @@
+"""Clustering: the k rule and stability as pure functions, the sweep through real Spark MLlib."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import types as T
+from sklearn.metrics import adjusted_rand_score
+
+from beha2vec.cluster import assignments, choose, selected_model, small_threshold, stability, sweep, validate
+from beha2vec.config import ClusterConfig, ConfigError
+from beha2vec.evaluate import persona_recovery
+
+VECTORS = T.StructType([T.StructField("user_id", T.StringType()),
+                        T.StructField("vector", T.ArrayType(T.FloatType()))])
+
+
+def test_choose_prefers_the_best_stable_k():
+    scores = pd.DataFrame({
+        "k": [3, 3, 4, 4, 5, 5],
+        "seed": [1, 2, 1, 2, 1, 2],
+        "silhouette": [0.50, 0.52, 0.70, 0.66, 0.60, 0.61],
+        "stability": [0.9, 0.9, 0.3, 0.3, 0.8, 0.8],
+    })
+    assert choose(scores, 0.6) == (5, 2, True)  # k=4 has the best silhouette but is unstable
+    assert choose(scores, 0.0) == (4, 1, True)
+    assert choose(scores, 0.95) == (4, 1, False)  # nothing stable: the best mean silhouette overall
+
+
+def test_stability_is_label_permutation_invariant():
+    a = np.array([0, 0, 1, 1, 2, 2])
+    assert stability([a, (a + 1) % 3, a]) == pytest.approx(1.0)
+    assert np.isnan(stability([a]))
+    assert stability([a, np.array([0, 1, 2, 0, 1, 2])]) < 0.1
+
+
+def test_small_threshold_and_selection():
+    conf = ClusterConfig(min_users=5, min_share=0.01)
+    assert small_threshold(100, conf) == 5 and small_threshold(10_000, conf) == 100
+    assert selected_model(["minilm", "combined"], conf, "combined") == "combined"
+    assert selected_model(["minilm", "tfidf"], conf, "combined") == "minilm"
+    with pytest.raises(ConfigError, match="cluster.select_model 'x'"):
+        selected_model(["minilm"], ClusterConfig(select_model="x"), "combined")
+    with pytest.raises(ConfigError, match="cluster.k_min"):
+        validate(ClusterConfig(k_min=5, k_max=4))
+
+
+def blobs(seed: int = 0) -> tuple[list[tuple[str, list[float]]], dict[str, int]]:
+    """Three clear groups of 30, 25 and 8 users in 4 dimensions."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[5, 0, 0, 0], [0, 5, 0, 0], [0, 0, 9, 9]], dtype=float)
+    rows, truth = [], {}
+    for group, size in enumerate((30, 25, 8)):
+        for i in range(size):
+            user = f"g{group}u{i:02d}"
+            rows.append((user, (centres[group] + rng.normal(0, 0.5, 4)).astype(np.float32).tolist()))
+            truth[user] = group
+    return rows, truth
+
+
+def test_sweep_finds_the_planted_groups_and_marks_the_small_one(spark):
+    rows, truth = blobs()
+    vectors = spark.createDataFrame(rows, VECTORS)
+    conf = ClusterConfig(k_min=2, k_max=5, seeds=[1, 2], min_users=10, parallel_fits=4, max_iter=20)
+    scores, chosen = sweep(vectors, conf, "m")
+    assert len(scores) == 2 * 4 * 2
+    assert set(scores.columns) >= {"silhouette", "stability", "cost", "iterations", "smallest", "largest"}
+    assert scores["n_users"].eq(63).all()
+    for algorithm, fit in chosen.items():
+        assert fit.k == 3, algorithm
+        at_k = scores[(scores["algorithm"] == algorithm) & (scores["k"] == 3)]
+        assert at_k["chosen_k"].all() and at_k["chosen"].sum() == 1
+        assert at_k["stability"].iloc[0] == pytest.approx(1.0)
+
+    fit = chosen["kmeans"]
+    labelled = assignments(vectors, "m", fit, conf).toPandas().set_index("user_id")
+    assert adjusted_rand_score([truth[u] for u in labelled.index], labelled["cluster"]) == 1.0
+    small = labelled.loc[[u for u in labelled.index if u.startswith("g2")], "is_small"]
+    assert small.all() and labelled["is_small"].sum() == 8
+    centres = np.asarray(fit.model.clusterCenters())
+    points = np.asarray([r[1] for r in sorted(rows)], dtype=np.float64)
+    expected = np.linalg.norm(points - centres[labelled.sort_index()["cluster"].to_numpy()], axis=1)
+    np.testing.assert_allclose(labelled.sort_index()["distance"], expected, rtol=1e-5)
+
+
+def test_persona_recovery_from_counts_in_spark(spark):
+    rows, truth = blobs()
+    vectors = spark.createDataFrame(rows, VECTORS)
+    conf = ClusterConfig(k_min=3, k_max=3, seeds=[1], algorithms=["kmeans"], min_users=1)
+    _, chosen = sweep(vectors, conf, "m")
+    clusters = assignments(vectors, "m", chosen["kmeans"], conf)
+    truth_df = spark.createDataFrame(pd.DataFrame({"user_id": list(truth), "persona": list(truth.values())}))
+    result = persona_recovery(clusters, truth_df).set_index("metric")
+    assert result.loc["persona_ari", "value"] == pytest.approx(1.0)
+    assert result.loc["persona_nmi", "value"] == pytest.approx(1.0)
+    assert result.loc["persona_ari", "model"] == "m/kmeans" and result.loc["persona_ari", "n_users"] == 63
