@@ -212,7 +212,7 @@ class ClusterConfig:
     k_min: int = 3
     k_max: int = 20
     seeds: list[int] = field(default_factory=lambda: [42, 99, 1337, 7, 2024])
-    max_iter: int = 40
+    max_iter: int = 20
     tol: float = 1e-4
     init_mode: str = "k-means||"
     init_steps: int = 2
