@@ -15,8 +15,10 @@ import pytest
 from conftest import ROOT
 
 BIN = Path(sys.executable).parent
-# MiniLM through the stage is covered by test_embed.py; the encoder trains for 2 epochs here
-FAST = ("--set", "embed.models=[tfidf,features,encoder]", "--set", "encoder.epochs=2")
+# MiniLM through the stage is covered by test_embed.py; the encoder trains for 2 epochs here, and
+# the k sweep is 3..5 with 2 seeds
+FAST = ("--set", "embed.models=[tfidf,features,encoder]", "--set", "encoder.epochs=2",
+        "--set", "cluster.k_max=5", "--set", "cluster.seeds=[1,2]")
 
 
 def cli(*args: str, check: bool = True, tool: str = "beha2vec") -> subprocess.CompletedProcess:
@@ -49,13 +51,17 @@ def _counts(lake):
 def test_run_prints_tables_and_example_queries(pipeline):
     _, lake, first = pipeline
     for stage in ("ingest:", "sessionize:", "features:", "train-encoder: v1", "embed tfidf:",
-                  "embed features:", "embed encoder:", "evaluate:"):
+                  "embed features:", "embed encoder:", "user-vectors:", "cluster encoder/kmeans: k=",
+                  "selected for profiles and interpretation: encoder/", "evaluate:", "profile:", "report:"):
         assert stage in first.stdout
     assert "\nencoder " in first.stdout  # a row of the comparison table
     for table in ("events", "rejects", "sessions", "runs", "session_features", "session_embeddings",
-                  "evaluation", "encoder_runs"):
+                  "evaluation", "encoder_runs", "user_vectors", "cluster_scores", "user_clusters",
+                  "cluster_profiles"):
         assert table in first.stdout
     assert "persona_purity" in first.stdout and "id_accuracy" in first.stdout
+    assert "persona_ari" in first.stdout and "\nencoder/bisecting " in first.stdout
+    assert (lake / "report" / "index.html").is_file()
     assert first.stdout.count('sql "SELECT') == 3
     assert str(lake) in first.stdout
 
@@ -75,8 +81,9 @@ def test_second_run_same_counts_new_versions(pipeline):
     runs = json.loads(cli("--lake", str(lake), "sql",
                           "SELECT stage, status, rows_in, rows_out, rows_rejected FROM runs",
                           "--format", "json").stdout)
-    # per run: ingest, sessionize, features, train-encoder, embed x 3 models, evaluate
-    assert len(runs) == 2 * 8 and all(r["status"] == "ok" for r in runs)
+    # per run: ingest, sessionize, features, train-encoder, embed x 3 models, user-vectors, cluster,
+    # evaluate, profile, report
+    assert len(runs) == 2 * 12 and all(r["status"] == "ok" for r in runs)
     versions = json.loads(cli("--lake", str(lake), "sql", "SELECT version FROM encoder_runs ORDER BY version",
                               "--format", "json").stdout)
     assert [v["version"] for v in versions] == [1, 2]
@@ -119,3 +126,42 @@ def test_spark_submit_job_entry_point(pipeline):
                tool="spark-submit")
     assert "sessionize:" in proc.stdout
     assert _counts(lake) == before
+
+
+def test_run_from_to_and_resume(pipeline):
+    _, lake, _ = pipeline
+    cli("--lake", str(lake), "sessionize")  # now every later stage ran on older sessions
+    resumed = cli("--conf", "conf/local.yaml", *FAST, "--lake", str(lake), "run", "--resume",
+                  "--to", "features")
+    assert "run --resume: starting at features" in resumed.stdout
+    assert "features:" in resumed.stdout and "sessionize:" not in resumed.stdout
+    partial = cli("--conf", "conf/local.yaml", *FAST, "--lake", str(lake), "run", "--from", "cluster",
+                  "--to", "profile")
+    assert "cluster encoder/" in partial.stdout and "profile:" in partial.stdout
+    assert "ingest:" not in partial.stdout and "report:" not in partial.stdout
+    needs_input = cli("--lake", str(lake), "run", "--to", "sessionize", check=False)
+    assert needs_input.returncode == 2 and "ingest needs --source" in needs_input.stderr
+
+
+def test_notebook_runs_on_the_pipeline_outputs(pipeline):
+    import nbformat
+    from nbclient import NotebookClient
+
+    _, lake, _ = pipeline
+    notebook = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
+    os.environ["BEHA2VEC_LAKE"] = str(lake)
+    try:
+        client = NotebookClient(notebook, timeout=300,
+                                resources={"metadata": {"path": str(ROOT / "notebooks")}})
+        client.execute()
+    finally:
+        del os.environ["BEHA2VEC_LAKE"]
+    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                     for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
+    assert "persona_ari" in text and "encoder" in text and "cluster_profiles" in text
+    assert not any(o.get("output_type") == "error" for c in notebook.cells for o in c.get("outputs", []))
+
+
+def test_job_names_do_not_shadow_the_standard_library():
+    shadowing = [p.name for p in (ROOT / "jobs").glob("*.py") if p.stem in sys.stdlib_module_names]
+    assert not shadowing, f"spark-submit puts jobs/ first on sys.path; rename {shadowing}"

@@ -44,10 +44,12 @@ def _collect(frame) -> dict[tuple[str, str], np.ndarray]:
 def test_projection_is_seeded_and_keeps_small_sparse_vectors_exact():
     assert np.array_equal(projection(1000, 16, 7), projection(1000, 16, 7))
     assert not np.array_equal(projection(1000, 16, 7), projection(1000, 16, 8))
-    frame = pd.DataFrame({"dim": [5, 1000], "indices": [[4, 0], [3, 999]], "values": [[2.0, 1.0], [1.0, 2.0]]})
+    frame = pd.DataFrame({"dim": [5, 1000], "indices": [[4, 0], [3, 999]],
+                          "values": [[2.0, 1.0], [1.0, 2.0]]})
     small, large = project_sparse(frame, 16, 7)
     assert small.tolist() == [1.0, 0.0, 0.0, 0.0, 2.0]
-    np.testing.assert_allclose(large, projection(1000, 16, 7)[3] + 2 * projection(1000, 16, 7)[999], rtol=1e-6)
+    matrix = projection(1000, 16, 7)
+    np.testing.assert_allclose(large, matrix[3] + 2 * matrix[999], rtol=1e-6)
 
 
 def test_random_projection_keeps_distances_roughly():

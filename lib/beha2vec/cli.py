@@ -148,11 +148,16 @@ def _cmd_tables(ctx: Context, args: argparse.Namespace) -> None:
 
 
 def _print_evaluation(table) -> None:
+    from beha2vec.evaluate import split_comparison
     from beha2vec.sql import format_table
 
+    sessions, clusterings = split_comparison(table)
     print("evaluate: how well each model separates users (silhouette), identifies them (accuracy, "
           "recall) and groups personas (purity); *_chance is the floor")
-    print(format_table(table.reset_index().round(3)))
+    print(format_table(sessions.reset_index().round(3)))
+    if len(clusterings):
+        print("evaluate: the chosen clustering of each model/algorithm against the planted personas")
+        print(format_table(clusterings.reset_index().round(3)))
 
 
 def _summary(ctx: Context) -> None:

@@ -323,6 +323,13 @@ def evaluate_models(embeddings: DataFrame, conf: EvaluateConfig, truth: pd.DataF
     return pd.DataFrame(rows, columns=COLUMNS).astype({"n_users": "int64", "n_sessions": "int64"})
 
 
+def split_comparison(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows of session embeddings, rows of clusterings named ``model/algorithm``), each without the
+    other's empty columns."""
+    clusterings = table.index.str.contains("/")
+    return (table[~clusterings].dropna(axis=1, how="all"), table[clusterings].dropna(axis=1, how="all"))
+
+
 def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
     """One row per model, one column per metric (known metrics first), for printing."""
     table = results.pivot(index="model", columns="metric", values="value")

@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from pyspark.sql import functions as F
 
-from beha2vec.evaluate import comparison_table
+from beha2vec.evaluate import comparison_table, split_comparison
 from beha2vec.lake import Lake
 
 BASELINE = -1  # cluster_profiles' all-users rows
@@ -179,10 +179,14 @@ def rhythm_figure(rows: pd.DataFrame, facet: str) -> Markup:
 
 # -- template context: pandas in, plain values out ----------------------------------------------
 
-def evaluation_context(evaluation: pd.DataFrame) -> dict:
-    """Model x metric as ``beha2vec evaluate`` prints it; one value per pair even after appends."""
+def evaluation_context(evaluation: pd.DataFrame) -> list[dict]:
+    """Model x metric as ``beha2vec evaluate`` prints it (session embeddings, then clusterings
+    against personas); one value per pair even after appends."""
     table = comparison_table(evaluation.drop_duplicates(["model", "metric"], keep="last"))
-    return {"columns": list(table.columns), "rows": [(m, list(v)) for m, v in table.iterrows()]}
+    titles = ("Session embeddings", "Clusterings against the planted personas")
+    return [{"title": title, "columns": list(part.columns),
+             "rows": [(m, list(v)) for m, v in part.iterrows()]}
+            for title, part in zip(titles, split_comparison(table), strict=True) if len(part)]
 
 
 def scores_context(scores: pd.DataFrame) -> dict:

@@ -1,8 +1,0 @@
-"""spark-submit entry point: `spark-submit jobs/profile.py [GLOBAL OPTIONS] [ARGS]`."""
-
-import sys
-
-from beha2vec.cli import main
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], stage="profile"))
