@@ -129,14 +129,14 @@ def test_spark_submit_job_entry_point(pipeline):
 
 
 def test_run_from_to_and_resume(pipeline):
-    _, lake, _ = pipeline
+    data, lake, _ = pipeline
     cli("--lake", str(lake), "sessionize")  # now every later stage ran on older sessions
     resumed = cli("--conf", "conf/local.yaml", *FAST, "--lake", str(lake), "run", "--resume",
                   "--to", "features")
     assert "run --resume: starting at features" in resumed.stdout
     assert "features:" in resumed.stdout and "sessionize:" not in resumed.stdout
     partial = cli("--conf", "conf/local.yaml", *FAST, "--lake", str(lake), "run", "--from", "cluster",
-                  "--to", "profile")
+                  "--to", "profile", "--truth", str(data / "_truth" / "truth_users.csv"))
     assert "cluster encoder/" in partial.stdout and "profile:" in partial.stdout
     assert "ingest:" not in partial.stdout and "report:" not in partial.stdout
     needs_input = cli("--lake", str(lake), "run", "--to", "sessionize", check=False)
