@@ -407,7 +407,8 @@ def report(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--users", type=int, nargs="*", default=[100_000, 1_000_000],
+                        help="sizes to run; none with --beyond-memory runs only that check")
     parser.add_argument("--kmin", type=int, default=3)
     parser.add_argument("--kmax", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=5, help="how many of ClusterConfig's seeds")
@@ -427,8 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spark-only", action="store_true")
     parser.add_argument("--sklearn-only", action="store_true")
     parser.add_argument("--beyond-memory", action="store_true",
-                        help="also: kmeans, one k, one seed over --beyond-users with 1g driver memory")
+                        help="also: kmeans, one k, one seed over --beyond-users with a small driver memory")
     parser.add_argument("--beyond-users", type=int, default=6_000_000)
+    parser.add_argument("--beyond-driver-memory", default="1g")
     parser.add_argument("--beyond-k", type=int, default=8)
     parser.add_argument("--beyond-timeout", type=float, default=900)
     parser.add_argument("--out", type=Path, default=OUT / "results.json")
@@ -482,9 +484,10 @@ def main(argv: list[str] | None = None) -> int:
         folder = make_data(users)
         print(f"{users:,} users: data ready in {time.perf_counter() - t:.1f} s; beyond memory", flush=True)
         sub = argparse.Namespace(**{**vars(args), "kmin": args.beyond_k, "kmax": args.beyond_k, "seeds": 1,
-                                    "repeats": 1, "algorithms": ["kmeans"], "driver_memory": "1g"})
+                                    "repeats": 1, "algorithms": ["kmeans"],
+                                    "driver_memory": args.beyond_driver_memory})
         results["beyond_memory"] = {
-            "users": users, "driver_memory": "1g", "k": args.beyond_k,
+            "users": users, "driver_memory": args.beyond_driver_memory, "k": args.beyond_k,
             "parquet_gib": round((folder / "part-0.parquet").stat().st_size / 2**30, 2),
             "float32_gib": round(users * DIMS * 4 / 2**30, 2),
             "float64_gib": round(users * DIMS * 8 / 2**30, 2),

@@ -52,12 +52,13 @@ def test_run_prints_tables_and_example_queries(pipeline):
     _, lake, first = pipeline
     for stage in ("ingest:", "sessionize:", "features:", "train-encoder: v1", "embed tfidf:",
                   "embed features:", "embed encoder:", "user-vectors:", "cluster encoder/kmeans: k=",
-                  "selected for profiles and interpretation: encoder/", "evaluate:", "profile:", "report:"):
+                  "selected for profiles and interpretation: encoder/", "evaluate:", "profile:",
+                  "interpret (offline):", "report:"):
         assert stage in first.stdout
     assert "\nencoder " in first.stdout  # a row of the comparison table
     for table in ("events", "rejects", "sessions", "runs", "session_features", "session_embeddings",
                   "evaluation", "encoder_runs", "user_vectors", "cluster_scores", "user_clusters",
-                  "cluster_profiles"):
+                  "cluster_profiles", "cluster_interpretations"):
         assert table in first.stdout
     assert "persona_purity" in first.stdout and "id_accuracy" in first.stdout
     assert "persona_ari" in first.stdout and "\nencoder/bisecting " in first.stdout
@@ -82,8 +83,8 @@ def test_second_run_same_counts_new_versions(pipeline):
                           "SELECT stage, status, rows_in, rows_out, rows_rejected FROM runs",
                           "--format", "json").stdout)
     # per run: ingest, sessionize, features, train-encoder, embed x 3 models, user-vectors, cluster,
-    # evaluate, profile, report
-    assert len(runs) == 2 * 12 and all(r["status"] == "ok" for r in runs)
+    # evaluate, profile, interpret, report
+    assert len(runs) == 2 * 13 and all(r["status"] == "ok" for r in runs)
     versions = json.loads(cli("--lake", str(lake), "sql", "SELECT version FROM encoder_runs ORDER BY version",
                               "--format", "json").stdout)
     assert [v["version"] for v in versions] == [1, 2]
@@ -159,6 +160,7 @@ def test_notebook_runs_on_the_pipeline_outputs(pipeline):
     text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
                      for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
     assert "persona_ari" in text and "encoder" in text and "cluster_profiles" in text
+    assert "no interpretations yet" not in text and "consistency" in text
     assert not any(o.get("output_type") == "error" for c in notebook.cells for o in c.get("outputs", []))
 
 

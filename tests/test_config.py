@@ -65,3 +65,11 @@ def test_mappings_merge_with_defaults():
     config = load_config(overrides=["embed.openai.price_per_million_tokens.my-model=0.5"])
     prices = config.embed.openai.price_per_million_tokens
     assert prices["my-model"] == 0.5 and prices["text-embedding-3-small"] == 0.02
+
+
+def test_combine_is_replaced_not_merged(tmp_path):
+    conf = tmp_path / "a.yaml"
+    conf.write_text("user_vectors:\n  combine: {encoder: 0.5, tfidf: 0.5}\nspark:\n  extra: {a: '1'}\n")
+    config = load_config([conf], ["user_vectors.combine={tfidf: 1.0}", "spark.extra={b: '2'}"])
+    assert config.user_vectors.combine == {"tfidf": 1.0}
+    assert config.spark.extra == {"a": "1", "b": "2"}

@@ -24,7 +24,7 @@ from beha2vec.sql import FORMATS, SqlError
 log = logging.getLogger("beha2vec")
 
 PIPELINE = ("ingest", "sessionize", "features", "train-encoder", "embed", "user-vectors", "cluster",
-            "evaluate", "profile", "report")
+            "evaluate", "profile", "interpret", "report")
 USER_ERRORS = (ConfigError, InputError, LakeError, SqlError, ConservationError, ValueError)
 
 EXAMPLE_QUERIES = (
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", metavar="CSV", help="user_id,persona file (synthetic data) for persona purity")
 
     sub.add_parser("profile", help="the selected clustering's clusters in numbers")
+    sub.add_parser("interpret", help="a sentence and three keywords per cluster (offline interpreter)")
     sub.add_parser("report", help="one self-contained HTML report under <lake>/report/")
 
     p = sub.add_parser("run", help="the stages " + " -> ".join(PIPELINE)
@@ -247,6 +248,15 @@ def _profile(ctx: Context, args: argparse.Namespace) -> None:
           f"{report['rows']:,} profile rows")
 
 
+def _interpret(ctx: Context, args: argparse.Namespace) -> None:
+    from beha2vec import stages
+
+    report = stages.interpret(ctx)
+    print(f"interpret ({report['backend']}): {report['rows_out']} clusters of {report['clustering']}")
+    for cluster, summary, keywords in report["interpretations"]:
+        print(f"  {cluster}: {summary} [{', '.join(keywords)}]")
+
+
 def _report(ctx: Context, args: argparse.Namespace) -> None:
     from beha2vec import stages
 
@@ -255,7 +265,8 @@ def _report(ctx: Context, args: argparse.Namespace) -> None:
 
 RUNNERS = {"ingest": _ingest, "sessionize": _sessionize, "features": _features,
            "train-encoder": _train_encoder, "embed": _embed, "user-vectors": _user_vectors,
-           "cluster": _cluster, "evaluate": _evaluate, "profile": _profile, "report": _report}
+           "cluster": _cluster, "evaluate": _evaluate, "profile": _profile, "interpret": _interpret,
+           "report": _report}
 
 
 def _wanted(stages: list[str], config) -> list[str]:

@@ -255,6 +255,9 @@ class Config:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+# mappings that name a set of things (the models to combine): a later file or --set replaces them
+REPLACED_MAPPINGS = {"user_vectors.combine"}
+
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
 
@@ -297,7 +300,8 @@ def _describe(annotation: Any) -> str:
 
 
 def _apply(section: Any, values: dict[str, Any], prefix: str, origin: str) -> None:
-    """Set ``values`` on ``section``; mappings (prices, prefixes, extra Spark settings) merge."""
+    """Set ``values`` on ``section``; mappings (prices, prefixes, extra Spark settings) merge, except
+    those in ``REPLACED_MAPPINGS``."""
     hints = typing.get_type_hints(type(section))
     for key, value in values.items():
         dotted = f"{prefix}{key}"
@@ -311,7 +315,7 @@ def _apply(section: Any, values: dict[str, Any], prefix: str, origin: str) -> No
                 raise ConfigError(f"{origin}: '{dotted}' must be a mapping of settings")
             _apply(current, value, f"{dotted}.", origin)
             continue
-        if isinstance(current, dict) and isinstance(value, dict):
+        if isinstance(current, dict) and isinstance(value, dict) and dotted not in REPLACED_MAPPINGS:
             value = {**current, **value}
         try:
             setattr(section, key, _coerce(value, hints[key]))

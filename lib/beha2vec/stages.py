@@ -340,6 +340,31 @@ def profile(ctx: Context) -> dict:
     return run.details | {"rows_in": run.rows_in}
 
 
+def interpret(ctx: Context) -> dict:
+    """``cluster_profiles`` into ``cluster_interpretations``: one sentence and three keywords per
+    cluster that is not small, by the offline interpreter (deterministic, from the numbers alone)."""
+    from beha2vec.features import load_categories
+    from beha2vec.interpret_offline import OFFLINE_MODEL, interpret_all
+    from beha2vec.tables import CLUSTER_INTERPRETATIONS
+
+    with recorded(ctx.lake, ctx.config, "interpret") as run:
+        profiles = ctx.lake.read("cluster_profiles").toPandas()
+        clusters = profiles[(profiles["cluster"] >= 0) & ~profiles["is_small"].fillna(False).astype(bool)]
+        first = profiles.iloc[0] if len(profiles) else None
+        clustering = f"{first['model']}/{first['algorithm']}/k={first['k']}" if first is not None else ""
+        results = interpret_all(profiles, load_categories(ctx.config.features.categories_file))
+        now = dt.datetime.now(dt.UTC)
+        rows = [(run.run_id, clustering, r.cluster, 0, "offline", OFFLINE_MODEL, r.summary, list(r.keywords),
+                 0, 0, 0.0, None, now) for r in results]
+        written = ctx.lake.write(ctx.spark.createDataFrame(rows, CLUSTER_INTERPRETATIONS),
+                                 "cluster_interpretations")
+        run.rows_in = int(clusters["cluster"].nunique())
+        run.rows_out = written.rows
+        run.details.update(clustering=clustering, backend="offline")
+    return run.details | {"rows_in": run.rows_in, "rows_out": run.rows_out,
+                          "interpretations": [(r.cluster, r.summary, list(r.keywords)) for r in results]}
+
+
 def report(ctx: Context) -> dict:
     """Every table into one self-contained ``report/index.html`` under the lake root."""
     from beha2vec.report import build_report

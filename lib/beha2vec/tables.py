@@ -229,6 +229,22 @@ CLUSTER_PROFILES = _s(
     ("rank", T.IntegerType()),
 )
 
+CLUSTER_INTERPRETATIONS = _s(
+    ("run_id", T.StringType()),
+    ("clustering", T.StringType()),
+    ("cluster", T.IntegerType()),
+    ("replicate", T.IntegerType()),
+    ("backend", T.StringType()),
+    ("model", T.StringType()),
+    ("summary", T.StringType()),
+    ("keywords", T.ArrayType(T.StringType(), True)),
+    ("prompt_tokens", T.LongType()),
+    ("completion_tokens", T.LongType()),
+    ("cost_usd", T.DoubleType()),
+    ("consistency", T.DoubleType()),
+    ("created_at", T.TimestampType()),
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -256,6 +272,8 @@ TABLES: dict[str, TableSpec] = {
                   "each user's cluster in the chosen clustering of every model and algorithm"),
         TableSpec("cluster_profiles", CLUSTER_PROFILES,
                   "the selected clustering's clusters in numbers: one row per (cluster, facet, key)"),
+        TableSpec("cluster_interpretations", CLUSTER_INTERPRETATIONS,
+                  "a sentence and three keywords per cluster, per replicate, with what they cost"),
     )
 }
 
