@@ -29,6 +29,11 @@ memory. This measures it, in one run per size:
   in memory (n.d.4 bytes as float32, n.d.8 as float64).
 
     python bench/cluster.py [--users 100000 1000000] [--repeats 3] [--quick] [--beyond-memory]
+        [--spark-repeats N] [--spark-conf KEY=VALUE] [--cluster-set KEY=VALUE]
+        [--variant uncached-input] [--report]
+
+``--variant uncached-input`` is a measurement of a possible change, not the project's code: each fit
+reads the parquet uncached instead of the sweep's persisted DataFrame (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -206,7 +211,8 @@ def spark_worker(args) -> dict:
     from beha2vec.config import SparkConfig
     from beha2vec.spark import get_spark
 
-    spark = get_spark(SparkConfig(driver_memory=args.driver_memory, progress_bar=False))
+    extra = dict(item.split("=", 1) for item in args.spark_conf)
+    spark = get_spark(SparkConfig(driver_memory=args.driver_memory, progress_bar=False, extra=extra))
     start_s = time.perf_counter() - started
     folder, conf = data_dir(args.users[0]), cluster_conf(args)
     vectors = spark.read.parquet(str(folder / "part-0.parquet"))
@@ -320,6 +326,8 @@ def in_subprocess(task: str, args, users: int, extra: list[str] = (), timeout: f
            "--variant", args.variant, "--algorithms", *args.algorithms, *extra]
     for item in args.cluster_set:
         cmd += ["--cluster-set", item]
+    for item in args.spark_conf:
+        cmd += ["--spark-conf", item]
     log = OUT / "logs" / f"{task}-{users}{'-beyond' if extra else ''}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     before, t = load(), time.perf_counter()
@@ -352,12 +360,13 @@ def summarise(path: dict, n: int, peak: float) -> dict:
 
 
 def report(results: dict) -> str:
-    lines = [f"peak float32 matmul: {results['peak_gflops']} GFLOP/s"]
+    lines = [f"peak float32 matmul, latest run: {results['peak_gflops']} GFLOP/s"]
     for size in results["sizes"]:
         n, grid = size["users"], size["grid"]
         lines += ["", f"{n:,} users x {DIMS} dims; k {grid['kmin']}-{grid['kmax']}, {grid['seeds']} seeds, "
                       f"{', '.join(grid['algorithms'])}"
-                      + (f"; Spark variant {grid['variant']}" if grid.get("variant") else ""),
+                      + (f"; Spark variant {grid['variant']}" if grid.get("variant") else "")
+                      + f"; peak in this run {size.get('peak_gflops', results['peak_gflops'])} GFLOP/s",
                   "| path | fits | runs | median s | s/fit | chosen k | silhouette | ARI vs truth | "
                   "floor GFLOP | GFLOP/s | share of peak | load |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -398,7 +407,9 @@ def report(results: dict) -> str:
         b = results["beyond_memory"]
         lines += ["", f"beyond memory: {b['users']:,} users x {DIMS} ({b['parquet_gib']} GiB parquet, "
                       f"{b['float32_gib']} GiB as float32, {b['float64_gib']} GiB as float64) "
-                      f"with driver memory {b['driver_memory']}: completed={b['result'].get('completed')}, "
+                      f"with driver memory {b['driver_memory']}, kmeans k={b['k']}, one seed, "
+                      f"settings {b.get('cluster_set', []) + b.get('spark_conf', [])}: "
+                      f"completed={b['result'].get('completed')}, "
                       f"sweep s={[r['seconds'] for r in b['result'].get('runs', [])]}, "
                       f"process s={b['result'].get('process_wall_s', b['result'].get('wall_s'))}, "
                       f"error={b['result'].get('error', '')[-300:]!r}"]
@@ -421,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--driver-memory", default="4g")
     parser.add_argument("--cluster-set", action="append", default=[], metavar="KEY=VALUE",
                         help="other ClusterConfig setting for both paths, e.g. parallel_fits=2")
+    parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra Spark setting for the Spark path, e.g. spark.default.parallelism=20")
     parser.add_argument("--variant", choices=["lib", "uncached-input"], default="lib",
                         help="Spark path: the project's sweep, or with each fit reading uncached input")
     parser.add_argument("--quick", action="store_true",
@@ -460,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{users:,} users: data ready in {time.perf_counter() - t:.1f} s", flush=True)
         repeats = args.repeats if users <= 200_000 else min(args.repeats, args.repeats_large)
         sub = argparse.Namespace(**{**vars(args), "repeats": repeats})
-        size = {"users": users, "grid": grid, "repeats": repeats}
+        size = {"users": users, "grid": grid, "repeats": repeats, "peak_gflops": results["peak_gflops"]}
         for name in ("spark", "sklearn"):  # Spark first: it saves its stability sample for sklearn
             if (name == "spark" and args.sklearn_only) or (name == "sklearn" and args.spark_only):
                 continue
@@ -488,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "driver_memory": args.beyond_driver_memory})
         results["beyond_memory"] = {
             "users": users, "driver_memory": args.beyond_driver_memory, "k": args.beyond_k,
+            "cluster_set": args.cluster_set, "spark_conf": args.spark_conf,
             "parquet_gib": round((folder / "part-0.parquet").stat().st_size / 2**30, 2),
             "float32_gib": round(users * DIMS * 4 / 2**30, 2),
             "float64_gib": round(users * DIMS * 8 / 2**30, 2),

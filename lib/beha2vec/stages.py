@@ -293,7 +293,6 @@ def cluster(ctx: Context) -> dict:
         scores, parts = [], []
         for name in models:
             rows = vectors.where(F.col("model") == name).select("user_id", "vector")
-            rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
             model_scores, chosen = cluster_lib.sweep(rows, conf, name)
             best = max(chosen.values(), key=lambda f: f.silhouette).algorithm
             model_scores["selected"] = (name == selected) & model_scores["chosen"] & (
@@ -302,7 +301,6 @@ def cluster(ctx: Context) -> dict:
             for algorithm, fit in chosen.items():
                 parts.append(cluster_lib.assignments(rows, name, fit, conf).withColumn(
                     "selected", F.lit(name == selected and algorithm == best)))
-            rows.unpersist()
         table = pd.concat(scores, ignore_index=True)
         table.insert(0, "run_id", run.run_id)
         ctx.lake.write(ctx.spark.createDataFrame(table[CLUSTER_SCORES.fieldNames()], CLUSTER_SCORES),
