@@ -18,10 +18,9 @@ input is not cached (in Spark 4 a DataFrame derived from a cached one counts as 
 it re-runs that check, which is slow in Spark 4.2, on every iteration. So large inputs (more than
 ``CACHE_BELOW`` users) go to MLlib uncached, straight from the table: 2.6× faster at 100,000 users.
 On small inputs job overhead dominates and one shared cache wins instead (2× at 2,000 users); the
-threshold lies between the two measured sizes. Small inputs are also packed into one partition
-per ``ROWS_PER_PARTITION`` users (one task per job), and ``parallel_fits`` fits run at once from
-driver threads to keep every core busy: 8 fits of 2,000 × 64 took 50 s one at a time over 2
-partitions and 13.5 s four at a time over 1.
+threshold lies between the two measured sizes. Small inputs are also packed into one partition (one
+task per job), and ``parallel_fits`` fits run at once from driver threads to keep every core busy:
+8 fits of 2,000 × 64 took 50 s one at a time over 2 partitions and 13.5 s four at a time over 1.
 """
 
 from __future__ import annotations
@@ -49,7 +48,6 @@ from beha2vec.config import ClusterConfig, ConfigError
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ("kmeans", "bisecting")
-ROWS_PER_PARTITION = 100_000
 CACHE_BELOW = 50_000
 
 
@@ -142,8 +140,7 @@ def sweep(vectors: DataFrame, conf: ClusterConfig, name: str) -> tuple[pd.DataFr
     n_users = vectors.count()
     data = vectors.select("user_id", array_to_vector("vector").alias("features"))
     if n_users <= CACHE_BELOW:
-        data = data.repartition(math.ceil(n_users / ROWS_PER_PARTITION) or 1).persist(
-            StorageLevel.MEMORY_AND_DISK)
+        data = data.repartition(1).persist(StorageLevel.MEMORY_AND_DISK)
     sample = (data.orderBy(F.xxhash64(F.lit(conf.seeds[0]), "user_id"), "user_id")
               .limit(conf.stability_sample).coalesce(1).persist(StorageLevel.MEMORY_AND_DISK))
     ks = [k for k in range(conf.k_min, conf.k_max + 1) if k < n_users]
