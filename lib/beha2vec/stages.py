@@ -250,8 +250,10 @@ def user_vectors(ctx: Context) -> dict:
         if missing:
             raise ConfigError(f"user_vectors: no session embeddings of model(s) {', '.join(missing)} "
                               f"(embedded: {', '.join(present) or 'none'}); run embed first")
-        vectors, rejected = uv.user_vectors(embeddings, ctx.lake.read("sessions"), conf,
-                                            sorted(set(models) | set(conf.combine)))
+        wanted = sorted(set(models) | set(conf.combine))
+        vectors, rejected = uv.user_vectors(embeddings, ctx.lake.read("sessions"), conf, wanted)
+        run.rows_in = (embeddings.where(F.col("model").isin(*wanted))
+                       .select("model", "user_id").distinct().count())
         written = ctx.lake.write(vectors, "user_vectors")
         rejects = ctx.lake.write(
             rejected.select(F.lit(run.run_id).alias("run_id"), F.lit("user-vectors").alias("stage"),
@@ -263,7 +265,6 @@ def user_vectors(ctx: Context) -> dict:
                      .agg(F.count(F.lit(1)).alias("n")).collect()}
         run.rows_out = sum(n for m, n in per_model.items() if m != uv.COMBINED)
         run.rows_rejected = rejects.rows
-        run.rows_in = run.rows_out + run.rows_rejected
         run.details.update(users_per_model=per_model, aggregations=conf.aggregations,
                            user_vectors_version=written.version)
     return run.details | {"rows_in": run.rows_in, "rows_out": run.rows_out,
@@ -329,11 +330,13 @@ def profile(ctx: Context) -> dict:
         rows = cluster_profiles(clusters, ctx.lake.read("sessions"), ctx.lake.read("events"),
                                 ctx.config.profile, ctx.config.sessionize.timezone)
         written = ctx.lake.write(rows, "cluster_profiles")
-        stats = ctx.lake.read("cluster_profiles").where(F.col("cluster") >= 0).agg(
-            F.countDistinct("cluster").alias("clusters"),
-            F.countDistinct(F.when(F.col("is_small"), F.col("cluster"))).alias("small")).first()
+        baseline_users = (F.col("cluster") < 0) & (F.col("facet") == "summary") & (F.col("key") == "users")
+        stats = ctx.lake.read("cluster_profiles").agg(
+            F.countDistinct(F.when(F.col("cluster") >= 0, F.col("cluster"))).alias("clusters"),
+            F.countDistinct(F.when(F.col("is_small"), F.col("cluster"))).alias("small"),
+            F.max(F.when(baseline_users, F.col("value"))).alias("users")).first()
         run.rows_in = clusters.count()
-        run.rows_out = run.rows_in
+        run.rows_out = int(stats["users"] or 0)  # the users the profiles describe, counted by profile
         run.details.update(rows=written.rows, clusters=int(stats["clusters"]), small=int(stats["small"]))
     return run.details | {"rows_in": run.rows_in}
 
