@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-FAULTS = ("ok", "429", "500", "slow", "malformed", "too_long")
+FAULTS = ("ok", "429", "500", "slow", "malformed", "too_long", "bad_content")
 MAX_SLOW_S = 10.0
 
 
@@ -61,6 +61,7 @@ class FakeOpenAI:
     slow_s: float = 3.0
     requests: list[Recorded] = field(default_factory=list, init=False, repr=False)
     _faults: deque[str] = field(default_factory=deque, init=False, repr=False)
+    _script: deque[dict] = field(default_factory=deque, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _server: ThreadingHTTPServer | None = field(default=None, init=False, repr=False)
@@ -76,13 +77,23 @@ class FakeOpenAI:
 
         ``ok`` lets one request through; ``429`` sends ``Retry-After: retry_after_s``; ``500`` a
         server error; ``slow`` answers normally after ``slow_s`` (past a short client timeout);
-        ``malformed`` a 200 whose JSON is cut; ``too_long`` OpenAI's 400 for an over-long input.
+        ``malformed`` a 200 whose JSON is cut; ``too_long`` OpenAI's 400 for an over-long input;
+        ``bad_content`` a well-formed chat answer whose content breaks the asked schema.
         """
         unknown = [f for f in faults if f not in FAULTS]
         if unknown:
             raise ValueError(f"unknown faults {unknown}; known: {FAULTS}")
         with self._lock:
             self._faults.extend(faults)
+
+    def reply_next(self, *messages: dict) -> None:
+        """Queue assistant messages (``content`` and/or ``tool_calls``) for the next chat answers."""
+        with self._lock:
+            self._script.extend(messages)
+
+    def chat_requests(self) -> list[Recorded]:
+        with self._lock:
+            return [r for r in self.requests if r.path.endswith("/chat/completions")]
 
     def embedding_requests(self) -> list[Recorded]:
         with self._lock:
@@ -175,7 +186,7 @@ def _too_long(limit: int, got: int) -> dict:
                       "prompt; or completion length.", "invalid_request_error")
 
 
-def _chat(body: dict) -> tuple[int, dict]:
+def _chat(server: FakeOpenAI, body: dict, fault: str) -> tuple[int, dict]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return 400, error_body("'messages' must be a non-empty array", "invalid_request_error",
@@ -184,16 +195,23 @@ def _chat(body: dict) -> tuple[int, dict]:
     last = user[-1] if user else ""
     last = last if isinstance(last, str) else json.dumps(last)
     words = last.split()
-    reply = _reply(words, body.get("response_format"))
-    content = json.dumps(reply, sort_keys=True)
+    with server._lock:
+        scripted = server._script.popleft() if server._script else None
+    if scripted is not None:
+        message = {"role": "assistant", "content": scripted.get("content"), **scripted}
+    elif fault == "bad_content":
+        message = {"role": "assistant", "content": 'Here you go: {"summary": "", "keywords": ["only one"]}'}
+    else:
+        message = {"role": "assistant", "content": json.dumps(_reply(words, body.get("response_format")),
+                                                              sort_keys=True)}
     prompt = sum(count_tokens(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
-    completion = count_tokens(content)
+    completion = count_tokens(json.dumps(message))
     digest = hashlib.sha256(last.encode()).hexdigest()[:12]
+    finish = "tool_calls" if message.get("tool_calls") else "stop"
     return 200, {
         "id": f"chatcmpl-{digest}", "object": "chat.completion", "created": 0,
         "model": str(body.get("model", "")),
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": content}}],
+        "choices": [{"index": 0, "finish_reason": finish, "message": message}],
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                   "total_tokens": prompt + completion},
     }
@@ -252,7 +270,7 @@ def _handler(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             elif self.path.rstrip("/").endswith("/embeddings"):
                 self._send(*_embeddings(server, body))
             elif self.path.rstrip("/").endswith("/chat/completions"):
-                self._send(*_chat(body))
+                self._send(*_chat(server, body, fault))
             else:
                 self._send(404, error_body(f"Unknown path {self.path}", "invalid_request_error"))
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,12 +54,12 @@ def test_run_prints_tables_and_example_queries(pipeline):
     for stage in ("ingest:", "sessionize:", "features:", "train-encoder: v1", "embed tfidf:",
                   "embed features:", "embed encoder:", "user-vectors:", "cluster encoder/kmeans: k=",
                   "selected for profiles and interpretation: encoder/", "evaluate:", "profile:",
-                  "interpret (offline):", "report:"):
+                  "interpret (offline):", "compare (offline):", "report:"):
         assert stage in first.stdout
     assert "\nencoder " in first.stdout  # a row of the comparison table
     for table in ("events", "rejects", "sessions", "runs", "session_features", "session_embeddings",
                   "evaluation", "encoder_runs", "user_vectors", "cluster_scores", "user_clusters",
-                  "cluster_profiles", "cluster_interpretations"):
+                  "cluster_profiles", "cluster_interpretations", "cluster_comparisons"):
         assert table in first.stdout
     assert "persona_purity" in first.stdout and "id_accuracy" in first.stdout
     assert "persona_ari" in first.stdout and "\nencoder/bisecting " in first.stdout
@@ -83,8 +84,8 @@ def test_second_run_same_counts_new_versions(pipeline):
                           "SELECT stage, status, rows_in, rows_out, rows_rejected FROM runs",
                           "--format", "json").stdout)
     # per run: ingest, sessionize, features, train-encoder, embed x 3 models, user-vectors, cluster,
-    # evaluate, profile, interpret, report
-    assert len(runs) == 2 * 13 and all(r["status"] == "ok" for r in runs)
+    # evaluate, profile, interpret, compare, report
+    assert len(runs) == 2 * 14 and all(r["status"] == "ok" for r in runs)
     versions = json.loads(cli("--lake", str(lake), "sql", "SELECT version FROM encoder_runs ORDER BY version",
                               "--format", "json").stdout)
     assert [v["version"] for v in versions] == [1, 2]
@@ -144,6 +145,29 @@ def test_run_from_to_and_resume(pipeline):
     assert "ingest:" not in partial.stdout and "report:" not in partial.stdout
     needs_input = cli("--lake", str(lake), "run", "--to", "sessionize", check=False)
     assert needs_input.returncode == 2 and "ingest needs --source" in needs_input.stderr
+
+
+def test_ask_offline_and_interpret_by_llm(pipeline, monkeypatch):
+    from fake_openai import FakeOpenAI
+
+    _, lake, _ = pipeline
+    largest = cli("--lake", str(lake), "ask", "which cluster is largest?").stdout
+    assert largest.startswith("Cluster ") and "users" in largest
+    poem = cli("--lake", str(lake), "ask", "write a poem about these users").stdout
+    assert "needs an LLM endpoint" in poem and "llm.base_url" in poem
+    monkeypatch.setenv("B2V_TEST_KEY", "sk-test-CLI")
+    with FakeOpenAI(api_key="sk-test-CLI").serving() as server:
+        llm = ("--lake", str(lake), "--set", f"llm.base_url={server.base_url}", "--set",
+               "llm.api_key_env=B2V_TEST_KEY", "--set", "llm.tokenizer=minilm",
+               "--set", "interpret.sample_tokens=300")
+        first = cli(*llm, "interpret").stdout
+        assert "interpret: gpt-4o-mini:" in first and "(0 answered from the cache)" in first
+        assert "interpret (llm):" in first and "consistency" in first
+        sent = len(server.requests)
+        again = re.search(r"(\d+) requests \((\d+) cached\), \$0\.0000", cli(*llm, "interpret").stdout)
+        assert again and again[1] == again[2] and len(server.requests) == sent
+        assert cli(*llm, "--set", "llm.budget_usd=0", "compare", check=False).returncode == 2
+        assert len(server.requests) == sent
 
 
 def test_notebook_runs_on_the_pipeline_outputs(pipeline):

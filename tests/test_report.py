@@ -21,6 +21,7 @@ from beha2vec.lake import Lake
 from beha2vec.report import (
     STAGE_OF,
     build_report,
+    comparisons_context,
     interpretations_context,
     ordered,
     render,
@@ -145,11 +146,26 @@ def test_interpretations_of_replicate_zero_are_shown_escaped():
     rows = interpretations_context(frame)
     assert [(r["cluster"], r["summary"], r["keywords"], r["backend"]) for r in rows] == [
         (0, "shoppers", [], "openai gpt-x"), (1, f"night owls {EVIL}", ["news", "late"], "offline")]
-    empty = dict.fromkeys(["evaluation", "scores", "clusters", "projection", "profiles"])
+    empty = dict.fromkeys(["evaluation", "scores", "clusters", "projection", "profiles", "comparisons"])
     html = render(empty | {"lake": "/l", "generated": "now", "versions": [], "stages": STAGE_OF,
                            "max_points": 1, "sample_seed": 1, "interpretations": rows})
     assert "night owls &lt;script&gt;" in html and "<script" not in html
     assert '<span class="tag">late</span>' in html and "no interpretations yet" not in html
+    assert "no comparisons yet (run beha2vec compare)" in html
+
+
+def test_comparisons_are_listed_by_pair_with_their_evidence_escaped():
+    frame = pd.DataFrame({
+        "cluster_a": [1, 0], "cluster_b": [2, 1], "backend": ["offline", "llm"], "model": ["rules", "gpt-x"],
+        "summary": ["Cluster 1 reads news", f"Cluster 0 {EVIL}"],
+        "evidence": [["news: 41% vs 3%"], ["video: 32% vs 4%", "median session: 15 min vs 3 min"]]})
+    rows = comparisons_context(frame)
+    assert [(r["a"], r["b"], r["backend"]) for r in rows] == [(0, 1, "llm gpt-x"), (1, 2, "offline rules")]
+    empty = dict.fromkeys(["evaluation", "scores", "clusters", "projection", "profiles", "interpretations"])
+    html = render(empty | {"lake": "/l", "generated": "now", "versions": [], "stages": STAGE_OF,
+                           "max_points": 1, "sample_seed": 1, "comparisons": rows})
+    assert "Cluster 0 &lt;script&gt;" in html and "<script" not in html
+    assert "video: 32% vs 4%<br>median session: 15 min vs 3 min" in html and "0 vs 1" in html
 
 
 # -- the page over a lake ------------------------------------------------------------------------

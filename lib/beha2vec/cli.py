@@ -24,7 +24,7 @@ from beha2vec.sql import FORMATS, SqlError
 log = logging.getLogger("beha2vec")
 
 PIPELINE = ("ingest", "sessionize", "features", "train-encoder", "embed", "user-vectors", "cluster",
-            "evaluate", "profile", "interpret", "report")
+            "evaluate", "profile", "interpret", "compare", "report")
 USER_ERRORS = (ConfigError, InputError, LakeError, SqlError, ConservationError, ValueError)
 
 EXAMPLE_QUERIES = (
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", metavar="CSV", help="user_id,persona file (synthetic data) for persona purity")
 
     sub.add_parser("profile", help="the selected clustering's clusters in numbers")
-    sub.add_parser("interpret", help="a sentence and three keywords per cluster (offline interpreter)")
+    sub.add_parser("interpret", help="a sentence and three keywords per cluster (LLM or offline rules)")
+    sub.add_parser("compare", help="how each pair of clusters differs, in numbers (LLM or offline rules)")
     sub.add_parser("report", help="one self-contained HTML report under <lake>/report/")
 
     p = sub.add_parser("run", help="the stages " + " -> ".join(PIPELINE)
@@ -103,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("statement", metavar="QUERY")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--limit", type=int, default=1000, help="most rows printed (default 1000)")
+
+    p = sub.add_parser("ask", help="questions about the clusters: one answer, or a prompt without QUESTION")
+    p.add_argument("question", nargs="*", metavar="QUESTION")
 
     p = sub.add_parser("tables", help="list lake tables with row counts and versions")
     p.add_argument("--history", metavar="TABLE", help="show the commits of one table instead")
@@ -252,9 +256,25 @@ def _interpret(ctx: Context, args: argparse.Namespace) -> None:
     from beha2vec import stages
 
     report = stages.interpret(ctx)
-    print(f"interpret ({report['backend']}): {report['rows_out']} clusters of {report['clustering']}")
-    for cluster, summary, keywords in report["interpretations"]:
-        print(f"  {cluster}: {summary} [{', '.join(keywords)}]")
+    cost = (f", {report['requests']} requests ({report['cached']} cached), ${report['cost_usd']:.4f}"
+            if report["backend"] == "llm" else "")
+    print(f"interpret ({report['backend']}): {report['rows_out']} clusters of {report['clustering']}{cost}")
+    for cluster, replicate, summary, keywords, consistency in report["interpretations"]:
+        score = f" (consistency {consistency:.2f})" if consistency is not None and replicate == 0 else ""
+        print(f"  {cluster}.{replicate}: {summary} [{', '.join(keywords)}]{score}")
+
+
+def _compare(ctx: Context, args: argparse.Namespace) -> None:
+    from beha2vec import stages
+
+    report = stages.compare(ctx)
+    cost = (f", {report['requests']} requests ({report['cached']} cached), ${report['cost_usd']:.4f}"
+            if report.get("requests") else "")
+    print(f"compare ({report['backend']}): {report['rows_out']} pairs of {report['clustering']}{cost}")
+    for a, b, summary in report["comparisons"][:10]:
+        print(f"  {a} vs {b}: {summary}")
+    if len(report["comparisons"]) > 10:
+        print(f"  ... {len(report['comparisons']) - 10} more in cluster_comparisons")
 
 
 def _report(ctx: Context, args: argparse.Namespace) -> None:
@@ -266,7 +286,7 @@ def _report(ctx: Context, args: argparse.Namespace) -> None:
 RUNNERS = {"ingest": _ingest, "sessionize": _sessionize, "features": _features,
            "train-encoder": _train_encoder, "embed": _embed, "user-vectors": _user_vectors,
            "cluster": _cluster, "evaluate": _evaluate, "profile": _profile, "interpret": _interpret,
-           "report": _report}
+           "compare": _compare, "report": _report}
 
 
 def _wanted(stages: list[str], config) -> list[str]:
@@ -317,6 +337,10 @@ def _dispatch(args: argparse.Namespace) -> None:
         _cmd_sql(ctx, args)
     if args.command == "tables":
         _cmd_tables(ctx, args)
+    if args.command == "ask":
+        from beha2vec.ask import run_ask
+
+        run_ask(ctx, " ".join(args.question).strip())
 
 
 def main(argv: list[str] | None = None, stage: str | None = None) -> int:

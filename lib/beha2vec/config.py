@@ -233,6 +233,53 @@ class ProfileConfig:
 
 
 @dataclass
+class LLMConfig:
+    """An OpenAI-compatible chat endpoint; with no ``base_url`` everything runs offline."""
+
+    base_url: str = ""
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"
+    tokenizer: str = "tiktoken:o200k_base"
+    temperature: float = 0.2
+    max_completion_tokens: int = 400
+    timeout_s: float = 60.0
+    max_retries: int = 5
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 30.0
+    concurrency: int = 4
+    budget_usd: float = 1.0
+    price_input_per_million: dict[str, float] = field(default_factory=lambda: {
+        "gpt-4o": 2.5, "gpt-4o-mini": 0.15, "gpt-4.1": 2.0, "gpt-4.1-mini": 0.4, "gpt-4.1-nano": 0.1,
+    })
+    price_output_per_million: dict[str, float] = field(default_factory=lambda: {
+        "gpt-4o": 10.0, "gpt-4o-mini": 0.6, "gpt-4.1": 8.0, "gpt-4.1-mini": 1.6, "gpt-4.1-nano": 0.4,
+    })
+
+
+@dataclass
+class InterpretConfig:
+    """Cluster descriptions (docs/interpretation.md): offline rules, or an LLM on sampled sessions."""
+
+    backend: str = "auto"
+    seeds: list[int] = field(default_factory=lambda: [42, 99, 1337])
+    sample_tokens: int = 20_000
+    max_sessions_per_user: int = 20
+    top_n: int = 5
+    similarity_model: str = "minilm"
+    compare_max_pairs: int = 45
+
+
+@dataclass
+class AskConfig:
+    """``beha2vec ask``: bounds on the SQL tool and the conversation."""
+
+    max_rows: int = 50
+    query_timeout_s: float = 60.0
+    max_tool_calls: int = 5
+    history_tokens: int = 6000
+
+
+@dataclass
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     lake: LakeConfig = field(default_factory=LakeConfig)
@@ -245,6 +292,9 @@ class Config:
     user_vectors: UserVectorsConfig = field(default_factory=UserVectorsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    interpret: InterpretConfig = field(default_factory=InterpretConfig)
+    ask: AskConfig = field(default_factory=AskConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

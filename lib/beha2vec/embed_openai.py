@@ -16,29 +16,18 @@ How a call runs:
    through the ``openai`` client. Each chunk's results are appended to ``embedding_cache`` as one
    Delta commit, so a run that stops mid-way resumes with only the texts still missing.
 
-Retries are ours (the client's are off): 408, 409, 429, 5xx, timeouts, connection errors and
-malformed answers are retried up to ``max_retries`` times with full-jitter exponential backoff
-(``uniform(0, min(backoff_max_s, backoff_base_s * 2**n))``); a ``Retry-After`` header replaces
-the jitter, cut to ``backoff_max_s``. Other errors (400, 401, ...) fail at once.
-
-The API key is read only from the environment variable named by ``api_key_env``, on the driver,
-and travels to the Python workers inside the task (executors need not share the driver's
-environment, and ``spark.executorEnv`` would show it in the Spark UI). It is hidden from reprs
-and redacted from every error message; it is never logged or stored.
+Retries and the key follow :mod:`beha2vec.openai_api`. The key is read on the driver and travels
+to the Python workers inside the task (executors need not share the driver's environment, and
+``spark.executorEnv`` would show it in the Spark UI); it is never logged or stored.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import functools
-import hashlib
 import logging
 import math
-import os
-import random
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -53,6 +42,16 @@ from pyspark.sql import types as T
 
 from beha2vec.config import OpenAIConfig
 from beha2vec.context import Context
+from beha2vec.openai_api import (
+    Malformed,
+    RequestFailed,
+    RetryPolicy,
+    Secret,
+    api_key,
+    call_with_retries,
+    clipper,
+)
+from beha2vec.openai_api import client as openai_client
 from beha2vec.tables import EMBEDDING_CACHE
 
 log = logging.getLogger(__name__)
@@ -108,24 +107,6 @@ class Estimate:
                 f"{cost}; {budget}")
 
 
-class _Secret:
-    """A value that never shows in a repr, a log line or a pickled plan's description."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: str) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        return "<secret>"
-
-    def __getstate__(self) -> str:
-        return self.value
-
-    def __setstate__(self, state: str) -> None:
-        self.value = state
-
-
 @dataclass(frozen=True)
 class _Settings:
     """What a Python worker needs to send requests: a picklable slice of the configuration."""
@@ -143,22 +124,12 @@ class _Settings:
     max_tokens: int
     max_tokens_per_input: int
     tokenizer: str
-    api_key: _Secret = field(repr=False)
+    api_key: Secret = field(repr=False)
 
-
-@dataclass(frozen=True)
-class _Failure:
-    retriable: bool
-    reason: str
-    retry_after: float | None = None
-
-
-class _Malformed(ValueError):
-    """A 200 answer that is not the embeddings we asked for."""
-
-
-class _RequestFailed(Exception):
-    """One request failed for good; the message is already redacted."""
+    @property
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy("embed.openai", self.timeout_s, self.max_retries, self.backoff_base_s,
+                           self.backoff_max_s, self.api_key_env)
 
 
 def api_model(model: str) -> str:
@@ -228,7 +199,7 @@ def embed_texts_openai(
     conf = ctx.config.embed.openai
     validate(conf)
     key = cache_key(model, conf)
-    _clipper(conf.tokenizer)
+    clipper(conf.tokenizer, "embed.openai.tokenizer")
     missing = (
         texts.select("text_hash", "text").dropDuplicates(["text_hash"])
         .join(_cached(ctx, key).select("text_hash"), "text_hash", "left_anti")
@@ -294,18 +265,13 @@ def _check_budget(estimate: Estimate) -> None:
 
 
 def _settings(conf: OpenAIConfig, model: str) -> _Settings:
-    value = os.environ.get(conf.api_key_env, "").strip()
-    if not value:
-        raise ValueError(
-            f"the environment variable {conf.api_key_env} (named by embed.openai.api_key_env) is not set "
-            "or empty; export the API key there (a server that needs none accepts any value)"
-        )
+    key = api_key(conf.api_key_env, "embed.openai.api_key_env")
     return _Settings(
         base_url=conf.base_url, model=api_model(model), api_key_env=conf.api_key_env,
         dimensions=conf.dimensions, timeout_s=conf.timeout_s, max_retries=conf.max_retries,
         backoff_base_s=conf.backoff_base_s, backoff_max_s=conf.backoff_max_s, concurrency=conf.concurrency,
         max_inputs=conf.max_inputs_per_request, max_tokens=conf.max_tokens_per_request,
-        max_tokens_per_input=conf.max_tokens_per_input, tokenizer=conf.tokenizer, api_key=_Secret(value),
+        max_tokens_per_input=conf.max_tokens_per_input, tokenizer=conf.tokenizer, api_key=key,
     )
 
 
@@ -361,85 +327,16 @@ def _write_chunk(ctx: Context, key: str, results: DataFrame) -> tuple[int, int, 
     return ok, failed, reason or "unknown error"
 
 
-@functools.cache
-def _clipper(name: str) -> Callable[[list[str], int], tuple[list[str], list[int], list[bool]]]:
-    """Cut texts to a token limit with the named tokenizer, once per process.
-
-    ``tiktoken:<encoding>`` needs the tiktoken package and its encoding files; any other name
-    goes to ``beha2vec.models.load_tokenizer`` (counts then approximate the server's).
-    """
-    if name.startswith("tiktoken:"):
-        return _tiktoken_clipper(name)
-    from beha2vec.models import load_tokenizer
-
-    tokenizer = load_tokenizer(name)
-
-    def clip(texts: list[str], limit: int) -> tuple[list[str], list[int], list[bool]]:
-        out, counts, cut = [], [], []
-        for text, enc in zip(texts, tokenizer.encode_batch(texts, add_special_tokens=False), strict=True):
-            over = len(enc.ids) > limit
-            out.append(text[: enc.offsets[limit - 1][1]] if over else text)
-            counts.append(min(len(enc.ids), limit))
-            cut.append(over)
-        return out, counts, cut
-
-    return clip
-
-
-def _tiktoken_clipper(name: str) -> Callable[[list[str], int], tuple[list[str], list[int], list[bool]]]:
-    try:
-        import tiktoken
-    except ImportError:
-        raise ValueError(
-            f"embed.openai.tokenizer '{name}' needs the tiktoken package, which is not installed; "
-            "install it (its encodings download on first use) or set embed.openai.tokenizer to a name "
-            "beha2vec.models can load, e.g. minilm (token counts then approximate the server's)"
-        ) from None
-    try:
-        encoding = tiktoken.get_encoding(name.removeprefix("tiktoken:"))
-    except Exception as exc:
-        raise ValueError(f"embed.openai.tokenizer '{name}': tiktoken could not load it: {exc}") from None
-
-    def clip(texts: list[str], limit: int) -> tuple[list[str], list[int], list[bool]]:
-        ids = encoding.encode_ordinary_batch(texts)
-        out = [encoding.decode(t[:limit]) if len(t) > limit else s for s, t in zip(texts, ids, strict=True)]
-        return out, [min(len(t), limit) for t in ids], [len(t) > limit for t in ids]
-
-    return clip
-
-
 def _clip_udf(tokenizer: str, limit: int):
     """Token counts, and texts cut to ``limit`` tokens; empty texts become one space (the API refuses "")."""
 
     @F.pandas_udf(CLIP)
     def clip(text: pd.Series) -> pd.DataFrame:
         values = [t if isinstance(t, str) and t else " " for t in text]
-        out, counts, cut = _clipper(tokenizer)(values, limit)
+        out, counts, cut = clipper(tokenizer, "embed.openai.tokenizer")(values, limit)
         return pd.DataFrame({"text": out, "tokens": counts, "truncated": cut})
 
     return clip
-
-
-_CLIENTS: dict[tuple[str, str, float], Any] = {}
-_CLIENTS_LOCK = threading.Lock()
-
-
-def _client(settings: _Settings) -> Any:
-    """One ``openai.OpenAI`` per Python worker and settings: its connection pool outlives a batch."""
-    digest = hashlib.sha256(settings.api_key.value.encode()).hexdigest()
-    key = (settings.base_url, digest, settings.timeout_s)
-    with _CLIENTS_LOCK:
-        client = _CLIENTS.get(key)
-        if client is None:
-            try:
-                import openai
-            except ImportError:
-                raise RuntimeError("openai:<model> embedders need the openai package: "
-                                   "pip install openai") from None
-            client = openai.OpenAI(base_url=settings.base_url, api_key=settings.api_key.value,
-                                   timeout=settings.timeout_s, max_retries=0)
-            _CLIENTS[key] = client
-        return client
 
 
 def _embed_partition(settings: _Settings) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
@@ -457,7 +354,7 @@ def _embed_partition(settings: _Settings) -> Callable[[Iterator[pd.DataFrame]], 
         hashes, texts = frame["text_hash"].tolist(), frame["text"].tolist()
         tokens = [int(t) for t in frame["tokens"]]
         groups = pack_requests(tokens, settings.max_inputs, settings.max_tokens)
-        client = _client(settings)
+        client = openai_client(settings.base_url, settings.api_key, settings.timeout_s)
         stop = threading.Event()
 
         def send(bounds: tuple[int, int]) -> tuple[list[np.ndarray] | None, str | None]:
@@ -465,7 +362,7 @@ def _embed_partition(settings: _Settings) -> Callable[[Iterator[pd.DataFrame]], 
                 return None, NOT_SENT
             try:
                 return _embed_with_retries(client, settings, texts[bounds[0]:bounds[1]]), None
-            except _RequestFailed as exc:
+            except RequestFailed as exc:
                 stop.set()
                 return None, str(exc)
 
@@ -501,106 +398,34 @@ def _embed_with_retries(client: Any, settings: _Settings, inputs: list[str]) -> 
     kwargs: dict[str, Any] = {"model": settings.model, "input": inputs}
     if settings.dimensions > 0:
         kwargs["dimensions"] = settings.dimensions
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return _vectors(client.embeddings.create(**kwargs), len(inputs), settings.dimensions)
-        except Exception as exc:
-            failure = _classify(exc, settings)
-            if failure is None:
-                raise
-            if not failure.retriable or attempt > settings.max_retries:
-                message = f"{failure.reason} (after {attempt} attempt{'s' if attempt > 1 else ''})"
-                raise _RequestFailed(_redact(message, settings.api_key)) from None
-            time.sleep(_delay(settings, attempt, failure.retry_after))
+    return call_with_retries(
+        lambda: _vectors(client.embeddings.create(**kwargs), len(inputs), settings.dimensions),
+        settings.policy, settings.api_key, functools.partial(_hint, settings=settings))
 
 
 def _vectors(response: Any, n: int, dimensions: int) -> list[np.ndarray]:
-    """The vectors in input order, or ``_Malformed`` when the answer does not fit the request."""
+    """The vectors in input order, or ``Malformed`` when the answer does not fit the request."""
     try:
         data = sorted(response.data, key=lambda d: d.index)
         if [d.index for d in data] != list(range(n)):
-            raise _Malformed(f"expected {n} embeddings indexed 0..{n - 1}, got {len(data)}")
+            raise Malformed(f"expected {n} embeddings indexed 0..{n - 1}, got {len(data)}")
         vectors = [np.asarray(d.embedding, dtype=np.float32) for d in data]
     except (AttributeError, TypeError) as exc:
-        raise _Malformed(f"unexpected answer shape: {exc}") from None
+        raise Malformed(f"unexpected answer shape: {exc}") from None
     dims = {v.shape for v in vectors}
     if len(dims) != 1 or vectors[0].ndim != 1 or vectors[0].size == 0:
-        raise _Malformed(f"embeddings of inconsistent or empty shapes {sorted(dims)}")
+        raise Malformed(f"embeddings of inconsistent or empty shapes {sorted(dims)}")
     if dimensions > 0 and vectors[0].size != dimensions:
-        raise _Malformed(f"asked for {dimensions} dimensions, got {vectors[0].size}")
+        raise Malformed(f"asked for {dimensions} dimensions, got {vectors[0].size}")
     if not all(np.isfinite(v).all() for v in vectors):
-        raise _Malformed("embeddings with NaN or infinite values")
+        raise Malformed("embeddings with NaN or infinite values")
     return vectors
 
 
-def _classify(exc: Exception, settings: _Settings) -> _Failure | None:
-    """Whether a failed attempt may pass later, and why it failed; None for our own bugs."""
-    import openai
-
-    if isinstance(exc, openai.APITimeoutError):
-        return _Failure(True, f"timed out after {settings.timeout_s:g} s (embed.openai.timeout_s)")
-    if isinstance(exc, openai.APIConnectionError):
-        return _Failure(True, f"connection error: {exc}")
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        retriable = status in (408, 409, 429) or status >= 500
-        return _Failure(retriable, f"HTTP {status}: {_short(exc.message)}{_hint(status, settings)}",
-                        _retry_after(exc.response.headers) if retriable else None)
-    if isinstance(exc, openai.APIResponseValidationError | ValueError):
-        return _Failure(True, f"malformed answer: {_short(str(exc))}")
-    return None
-
-
 def _hint(status: int, settings: _Settings) -> str:
-    if status == 401:
-        return f" (check the key in ${settings.api_key_env})"
     if status in (400, 413):
         return (f" (requests held at most {settings.max_inputs} inputs and {settings.max_tokens} tokens, "
                 f"each input at most {settings.max_tokens_per_input} tokens by tokenizer "
                 f"'{settings.tokenizer}'; lower embed.openai.max_tokens_per_input or use the model's "
                 "tokenizer if the server counts more)")
     return ""
-
-
-def _retry_after(headers: Any) -> float | None:
-    """Seconds the server asked us to wait: ``retry-after-ms``, or ``retry-after`` in seconds or a date."""
-    millis = _number(headers.get("retry-after-ms"))
-    if millis is not None:
-        return max(millis / 1000, 0.0)
-    raw = headers.get("retry-after")
-    seconds = _number(raw)
-    if seconds is not None or not raw:
-        return None if seconds is None else max(seconds, 0.0)
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max((when - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)
-
-
-def _number(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _delay(settings: _Settings, attempt: int, retry_after: float | None) -> float:
-    """Full jitter on an exponential cap, or the server's Retry-After; never above backoff_max_s."""
-    if retry_after is not None and math.isfinite(retry_after):
-        return min(retry_after, settings.backoff_max_s)
-    cap = min(settings.backoff_max_s, settings.backoff_base_s * 2 ** (attempt - 1))
-    return random.uniform(0, cap)
-
-
-def _redact(text: str, secret: _Secret) -> str:
-    return text.replace(secret.value, "<redacted>") if secret.value else text
-
-
-def _short(text: str, limit: int = 500) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -52,6 +52,10 @@ The rules, each set against the baseline:
 Nothing from the data reaches the text but topic names and numbers: a key loses any ``?query`` or
 ``#fragment``, and path segments or keys that look like e-mail addresses (``@`` or ``%40``) are
 never used as names.
+
+The public helpers (topic naming, key cleaning, hour windows, number formats) are shared with the
+offline comparison (:mod:`beha2vec.compare_offline`) and answers (:mod:`beha2vec.ask_offline`), so
+all three name and cite things the same way.
 """
 
 from __future__ import annotations
@@ -80,13 +84,13 @@ LAST_RESORT = ("browsing", "visitors", "segment")
 WEEKEND = ("Saturday", "Sunday")
 NOT_SET = ("(not set)", "unknown", "")
 
-_EMAIL = re.compile(r"@|%40", re.IGNORECASE)
+EMAIL_LIKE = re.compile(r"@|%40", re.IGNORECASE)
 _DOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+$")
 _FOLDER = re.compile(r"^[a-z]{3,20}$")
 _SEPARATORS = re.compile(r"[\s_+\-]+")
 _UNSAFE = re.compile(r"[^a-z0-9 .&'-]")
 # (first hour, last hour, name, phrase) by the peak hour; late nights wrap around midnight
-_DAY_PARTS = ((22, 1, "late night", "late nights"), (2, 4, "night", "nights"),
+DAY_PARTS = ((22, 1, "late night", "late nights"), (2, 4, "night", "nights"),
               (5, 10, "mornings", "mornings"), (11, 13, "midday", "middays"),
               (14, 17, "afternoons", "afternoons"), (18, 21, "evenings", "evenings"))
 
@@ -101,7 +105,7 @@ class Interpretation:
 
 
 @dataclass(frozen=True)
-class _Topic:
+class Topic:
     name: str
     kind: str  # path, domain or name
     category: str | None
@@ -142,7 +146,7 @@ class _Behaviour:
 # ---------------------------------------------------------------------------------------------
 
 
-def _num(value: object) -> float | None:
+def as_number(value: object) -> float | None:
     """A finite float, or None for null, NaN and non-numbers."""
     try:
         number = float(value)
@@ -151,15 +155,15 @@ def _num(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _facet(profile: pd.DataFrame, cluster: int, facet: str) -> list[dict]:
+def facet_rows(profile: pd.DataFrame, cluster: int, facet: str) -> list[dict]:
     """The rows of one facet of one cluster, by rank then key."""
     rows = profile[(profile["cluster"] == cluster) & (profile["facet"] == facet)].to_dict("records")
-    return sorted(rows, key=lambda r: (_num(r.get("rank")) or math.inf, str(r.get("key"))))
+    return sorted(rows, key=lambda r: (as_number(r.get("rank")) or math.inf, str(r.get("key"))))
 
 
-def _summary(profile: pd.DataFrame, cluster: int) -> dict[str, float]:
-    return {str(r["key"]): v for r in _facet(profile, cluster, "summary")
-            if (v := _num(r.get("value"))) is not None}
+def summary_values(profile: pd.DataFrame, cluster: int) -> dict[str, float]:
+    return {str(r["key"]): v for r in facet_rows(profile, cluster, "summary")
+            if (v := as_number(r.get("value"))) is not None}
 
 
 def _ratio(num: float | None, den: float | None) -> float | None:
@@ -171,7 +175,7 @@ def _ratio(num: float | None, den: float | None) -> float | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _clean_key(key: object) -> str | None:
+def clean_key(key: object) -> str | None:
     """The key without query string or fragment, lower-case; None when nothing usable is left."""
     text = re.split(r"[?#]", str(key), maxsplit=1)[0].strip().lower()
     return None if text in NOT_SET else text
@@ -187,29 +191,29 @@ def _name(text: str) -> str:
     return " ".join(words[:MAX_TOPIC_WORDS])
 
 
-def _folders(keys: Iterable[str]) -> set[tuple[str, str]]:
+def path_folders(keys: Iterable[str]) -> set[tuple[str, str]]:
     """(first, second) path segments under which some listed path goes deeper."""
     found = set()
     for key in keys:
         parts = _segments(key)
-        if len(parts) >= 3 and _FOLDER.match(parts[1]) and not _EMAIL.search(parts[0]):
+        if len(parts) >= 3 and _FOLDER.match(parts[1]) and not EMAIL_LIKE.search(parts[0]):
             found.add((parts[0], parts[1]))
     return found
 
 
-def _topic_of(key: str, folders: set[tuple[str, str]],
+def topic_of(key: str, folders: set[tuple[str, str]],
               categories: dict[str, str]) -> tuple[str, str, str | None] | None:
     """(name, kind, category) of a cleaned key, or None when it cannot name anything safely."""
     if key.startswith("/"):
         parts = _segments(key)
         if not parts:
             return "home", "path", None
-        if _EMAIL.search(parts[0]):
+        if EMAIL_LIKE.search(parts[0]):
             return None
         words = parts[:2] if len(parts) >= 2 and (parts[0], parts[1]) in folders else parts[:1]
         name = _name(" ".join(words))
         return (name, "path", None) if name else None
-    if _EMAIL.search(key):
+    if EMAIL_LIKE.search(key):
         return None
     if _DOMAIN.match(key):
         domain = key.removeprefix("www.")
@@ -218,37 +222,37 @@ def _topic_of(key: str, folders: set[tuple[str, str]],
     return (name, "name", None) if name else None
 
 
-def _topics(profile: pd.DataFrame, cluster: int, categories: dict[str, str]) -> list[_Topic]:
+def cluster_topics(profile: pd.DataFrame, cluster: int, categories: dict[str, str]) -> list[Topic]:
     """The cluster's over-represented topics, most distinctive first (see the module rules)."""
     mine = set(profile.loc[profile["cluster"] == cluster, "facet"])
     facet = next((f for f in TOPIC_FACETS if {f, f.removesuffix("_distinctive")} & mine), None)
     if facet is None:
         return []
     by_share = facet.removesuffix("_distinctive")
-    listed = profile[profile["facet"].isin([facet, by_share])]["key"].dropna().map(_clean_key).dropna()
-    folders = _folders(k for k in listed if k.startswith("/"))
+    listed = profile[profile["facet"].isin([facet, by_share])]["key"].dropna().map(clean_key).dropna()
+    folders = path_folders(k for k in listed if k.startswith("/"))
 
     def named(rows: list[dict]) -> list[tuple[dict, tuple[str, str, str | None]]]:
         out = []
         for row in rows:
-            key = _clean_key(row.get("key"))
-            topic = _topic_of(key, folders, categories) if key else None
+            key = clean_key(row.get("key"))
+            topic = topic_of(key, folders, categories) if key else None
             if topic is not None:
                 out.append((row, topic))
         return out
 
     def lift(row: dict) -> float:
-        return _num(row.get("lift")) or 0.0
+        return as_number(row.get("lift")) or 0.0
 
-    distinctive = [(r, t) for r, t in named(_facet(profile, cluster, facet)) if lift(r) > 1]
-    top = named(_facet(profile, cluster, by_share))
+    distinctive = [(r, t) for r, t in named(facet_rows(profile, cluster, facet)) if lift(r) > 1]
+    top = named(facet_rows(profile, cluster, by_share))
     wanted = {t for _, t in distinctive} | {t for r, t in top if lift(r) >= CLEAR_TOPIC_LIFT}
     seen = {str(r.get("key")) for r, _ in distinctive}
     extra = [(r, t) for r, t in top if t in wanted and str(r.get("key")) not in seen]
     totals: dict[tuple[str, str, str | None], list[float]] = {}
     for row, topic in distinctive + extra:
-        share, base = _num(row.get("share")) or 0.0, _num(row.get("base_share"))
-        rank = (_num(row.get("rank")) or math.inf) if row.get("facet") == facet else math.inf
+        share, base = as_number(row.get("share")) or 0.0, as_number(row.get("base_share"))
+        rank = (as_number(row.get("rank")) or math.inf) if row.get("facet") == facet else math.inf
         total = totals.setdefault(topic, [0.0, 0.0, math.inf, 1.0])
         total[0] += share
         if base is None:
@@ -256,13 +260,13 @@ def _topics(profile: pd.DataFrame, cluster: int, categories: dict[str, str]) -> 
         else:
             total[1] += base
         total[2] = min(total[2], rank)
-    topics = [_Topic(name, kind, category, share, base if known else None, rank)
+    topics = [Topic(name, kind, category, share, base if known else None, rank)
               for (name, kind, category), (share, base, rank, known) in totals.items()]
     topics = [t for t in topics if t.lift is None or t.lift > 1]
     return sorted(topics, key=lambda t: (-t.score, -t.share, t.best_rank, t.name))
 
 
-def _topic_phrase(topics: list[_Topic]) -> str:
+def topic_phrase(topics: list[Topic]) -> str:
     """'news world and news business pages', 'video sites youtube.com and netflix.com'..."""
     if all(t.kind == "domain" for t in topics):
         categories = {t.category for t in topics}
@@ -273,23 +277,23 @@ def _topic_phrase(topics: list[_Topic]) -> str:
     return " and ".join(t.name for t in topics) + " pages"
 
 
-def _percent(share: float) -> str:
+def percent(share: float) -> str:
     """12%, 4.5%: one decimal under 10%."""
     return f"{share * 100:.0f}%" if share >= 0.1 or share == 0 else f"{share * 100:.1f}%"
 
 
-def _times(value: float) -> str:
+def times_text(value: float) -> str:
     return f"{value:.1f}×"
 
 
-def _topic_clause(topics: list[_Topic]) -> str:
+def _topic_clause(topics: list[Topic]) -> str:
     if not topics:
         return "Users with no clearly distinctive pages or sites"
     share = sum(t.share for t in topics)
     bases = [t.base_share for t in topics]
     lift = share / sum(bases) if all(b is not None for b in bases) and sum(bases) else None
-    numbers = f"≥{_percent(share)} of their visits" + (f", {_times(lift)} all users" if lift else "")
-    return f"Users who visit {_topic_phrase(topics)} ({numbers})"
+    numbers = f"≥{percent(share)} of their visits" + (f", {times_text(lift)} all users" if lift else "")
+    return f"Users who visit {topic_phrase(topics)} ({numbers})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,31 +301,31 @@ def _topic_clause(topics: list[_Topic]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _distribution(profile: pd.DataFrame, cluster: int, facet: str) -> dict[str, tuple[float, float]]:
+def distribution(profile: pd.DataFrame, cluster: int, facet: str) -> dict[str, tuple[float, float]]:
     """key → (share, base share); the base share from the row, else from the baseline's rows."""
-    base = {str(r["key"]): _num(r.get("share")) for r in _facet(profile, BASELINE, facet)}
+    base = {str(r["key"]): as_number(r.get("share")) for r in facet_rows(profile, BASELINE, facet)}
     out = {}
-    for row in _facet(profile, cluster, facet):
+    for row in facet_rows(profile, cluster, facet):
         key = str(row["key"])
-        share = _num(row.get("share"))
-        base_share = _num(row.get("base_share"))
+        share = as_number(row.get("share"))
+        base_share = as_number(row.get("base_share"))
         base_share = base_share if base_share is not None else base.get(key)
         if share is not None and base_share is not None:
             out[key] = (share, base_share)
     return out
 
 
-def _day_part(hour: int) -> tuple[str, str]:
-    for first, last, keyword, phrase in _DAY_PARTS:
+def day_part(hour: int) -> tuple[str, str]:
+    for first, last, keyword, phrase in DAY_PARTS:
         if (first <= hour <= last) if first <= last else (hour >= first or hour <= last):
             return keyword, phrase
     raise AssertionError(hour)  # pragma: no cover - the parts cover 0..23
 
 
-def _hour_window(profile: pd.DataFrame, cluster: int) -> tuple[int, int, int, float] | None:
+def hour_window(profile: pd.DataFrame, cluster: int) -> tuple[int, int, int, float] | None:
     """(first hour, hours, peak hour, lift) of the window of excess session starts, or None."""
     shares: dict[int, tuple[float, float]] = {}
-    for key, value in _distribution(profile, cluster, "hour").items():
+    for key, value in distribution(profile, cluster, "hour").items():
         try:
             hour = int(float(key))
         except ValueError:
@@ -350,7 +354,7 @@ def _hour_window(profile: pd.DataFrame, cluster: int) -> tuple[int, int, int, fl
 
 def _time(profile: pd.DataFrame, cluster: int) -> _Time:
     lean = None
-    week = _distribution(profile, cluster, "weekday")
+    week = distribution(profile, cluster, "weekday")
     if week:
         weekend = sum(week[d][0] for d in WEEKEND if d in week)
         base = sum(week[d][1] for d in WEEKEND if d in week)
@@ -359,12 +363,12 @@ def _time(profile: pd.DataFrame, cluster: int) -> _Time:
             lean = "weekend"
         elif ratio is not None and ratio < WEEKEND_LEAN[0]:
             lean = "weekdays"
-    window = _hour_window(profile, cluster)
+    window = hour_window(profile, cluster)
     if window is None or window[3] < HOURS_LIFT:
         phrase = {"weekend": "at weekends", "weekdays": "on weekdays", None: None}[lean]
         return _Time(phrase, None, lean)
     first, size, peak, _ = window
-    keyword, part = _day_part(peak)
+    keyword, part = day_part(peak)
     day = {"weekend": "weekend ", "weekdays": "weekday ", None: ""}[lean]
     return _Time(f"{day}{part} ({first:02d}–{(first + size) % 24:02d} h)", keyword, lean)
 
@@ -374,7 +378,7 @@ def _time(profile: pd.DataFrame, cluster: int) -> _Time:
 # ---------------------------------------------------------------------------------------------
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
@@ -384,18 +388,18 @@ def _clear(ratio: float | None) -> bool:
 
 def _behaviours(profile: pd.DataFrame, cluster: int) -> list[_Behaviour]:
     """Clear differences from the baseline, in the module's order of priority."""
-    mine, base = _summary(profile, cluster), _summary(profile, BASELINE)
+    mine, base = summary_values(profile, cluster), summary_values(profile, BASELINE)
     ratio = {key: _ratio(mine.get(key), base.get(key)) for key in (
         "purchase_rate", "median_session_duration_s", "page_views_per_session", "engagement_s_per_session")}
     out: list[_Behaviour] = []
     purchase = ratio["purchase_rate"]
     if purchase is not None and purchase >= BEHAVIOUR_RATIO:
-        rate = _percent(mine["purchase_rate"])
-        out.append(_Behaviour(f"a purchase rate of {rate} ({_times(purchase)} all users)", "buyers"))
+        rate = percent(mine["purchase_rate"])
+        out.append(_Behaviour(f"a purchase rate of {rate} ({times_text(purchase)} all users)", "buyers"))
     duration = ratio["median_session_duration_s"]
     if _clear(duration):
-        median = _duration(mine["median_session_duration_s"])
-        numbers = f"(median {median}, {_times(duration)} all users)"
+        median = duration_text(mine["median_session_duration_s"])
+        numbers = f"(median {median}, {times_text(duration)} all users)"
         out.append(_Behaviour(f"long sessions {numbers}", "long sessions") if duration > 1
                    else _Behaviour(f"short sessions {numbers}", "quick visits"))
     pages = ratio["page_views_per_session"]
@@ -405,12 +409,12 @@ def _behaviours(profile: pd.DataFrame, cluster: int) -> list[_Behaviour]:
                    else _Behaviour(f"few pages per session {numbers}", "few pages"))
     engagement = ratio["engagement_s_per_session"]
     if _clear(engagement):
-        per_session = _duration(mine["engagement_s_per_session"])
-        numbers = f"({per_session} per session, {_times(engagement)} all users)"
+        per_session = duration_text(mine["engagement_s_per_session"])
+        numbers = f"({per_session} per session, {times_text(engagement)} all users)"
         out.append(_Behaviour(f"high engagement {numbers}", "engaged") if engagement > 1
                    else _Behaviour(f"low engagement {numbers}", "skimmers"))
     if purchase is not None and purchase <= LOW_PURCHASE_RATIO:
-        rates = f"{_percent(mine['purchase_rate'])} vs {_percent(base['purchase_rate'])}"
+        rates = f"{percent(mine['purchase_rate'])} vs {percent(base['purchase_rate'])}"
         out.append(_Behaviour(f"few purchases ({rates})", "rare buyers"))
     return out
 
@@ -420,7 +424,7 @@ def _behaviours(profile: pd.DataFrame, cluster: int) -> list[_Behaviour]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _sentence(topics: list[_Topic], time: _Time, behaviours: list[_Behaviour]) -> str:
+def _sentence(topics: list[Topic], time: _Time, behaviours: list[_Behaviour]) -> str:
     parts = [_topic_clause(topics)]
     if time.phrase:
         parts.append(f"especially {time.phrase}" if time.keyword else f"mostly {time.phrase}")
@@ -431,7 +435,7 @@ def _sentence(topics: list[_Topic], time: _Time, behaviours: list[_Behaviour]) -
     return ", ".join(parts) + "."
 
 
-def _summary_text(topics: list[_Topic], time: _Time, behaviours: list[_Behaviour]) -> str:
+def _summary_text(topics: list[Topic], time: _Time, behaviours: list[_Behaviour]) -> str:
     """The richest sentence within :data:`MAX_WORDS` words."""
     named = topics[:2] if len(topics) > 1 and topics[1].score >= SECOND_TOPIC_SCORE * topics[0].score \
         else topics[:1]
@@ -444,7 +448,7 @@ def _summary_text(topics: list[_Topic], time: _Time, behaviours: list[_Behaviour
     return text
 
 
-def _keywords(topics: list[_Topic], time: _Time, behaviours: list[_Behaviour]) -> list[str]:
+def _keywords(topics: list[Topic], time: _Time, behaviours: list[_Behaviour]) -> list[str]:
     """Exactly three distinct lower-case keywords (see the module rules)."""
     topic_words = [t.keyword for t in topics] or [NO_TOPIC]
     behaviour_words = [b.keyword for b in behaviours]
@@ -456,7 +460,7 @@ def _keywords(topics: list[_Topic], time: _Time, behaviours: list[_Behaviour]) -
     out: list[str] = []
     for word in candidates:
         word = _UNSAFE.sub("", word.lower()).strip()
-        if word and word not in out and not _EMAIL.search(word):
+        if word and word not in out and not EMAIL_LIKE.search(word):
             out.append(word)
     return out[:3]
 
@@ -474,7 +478,7 @@ def interpret_cluster(profile: pd.DataFrame, cluster: int,
         from beha2vec.features import load_categories
 
         categories = load_categories("")
-    topics = _topics(profile, cluster, categories)
+    topics = cluster_topics(profile, cluster, categories)
     time = _time(profile, cluster)
     behaviours = _behaviours(profile, cluster)
     return Interpretation(int(cluster), _summary_text(topics, time, behaviours),

@@ -46,7 +46,7 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 STAGE_OF = {
     "evaluation": "evaluate", "cluster_scores": "cluster", "user_clusters": "cluster",
     "user_vectors": "user-vectors", "cluster_profiles": "profile",
-    "cluster_interpretations": "interpret",
+    "cluster_interpretations": "interpret", "cluster_comparisons": "compare",
 }
 _METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.S)
 
@@ -258,10 +258,23 @@ def profiles_context(profiles: pd.DataFrame) -> dict:
 def interpretations_context(interpretations: pd.DataFrame) -> list[dict]:
     """Replicate 0 of each cluster: its summary, keywords and the consistency across replicates."""
     first = interpretations[interpretations["replicate"] == 0].sort_values("cluster")
+    replicates = interpretations.groupby("cluster")["replicate"].nunique()
     return [{"cluster": int(r.cluster), "summary": r.summary, "consistency": r.consistency,
+             "keyword_overlap": getattr(r, "keyword_overlap", None),
+             "summary_similarity": getattr(r, "summary_similarity", None),
+             "replicates": int(replicates.get(r.cluster, 1)),
              "backend": " ".join(str(v) for v in (r.backend, r.model) if pd.notna(v)),
              "keywords": [str(k) for k in (r.keywords if r.keywords is not None else [])]}
             for r in first.itertuples()]
+
+
+def comparisons_context(comparisons: pd.DataFrame) -> list[dict]:
+    """Each compared pair: its sentence and the differences it rests on."""
+    ordered = comparisons.sort_values(["cluster_a", "cluster_b"])
+    return [{"a": int(r.cluster_a), "b": int(r.cluster_b), "summary": r.summary,
+             "evidence": [str(e) for e in (r.evidence if r.evidence is not None else [])],
+             "backend": " ".join(str(v) for v in (r.backend, r.model) if pd.notna(v))}
+            for r in ordered.itertuples()]
 
 
 def _missing(value: Any) -> bool:
@@ -311,7 +324,8 @@ def _points(lake: Lake, selection: dict) -> pd.DataFrame:
 def report_context(lake: Lake) -> dict:
     """Read what exists and build every section; an absent or empty table leaves its section None."""
     present = {name for name in STAGE_OF if lake.exists(name)}
-    small_tables = ("evaluation", "cluster_scores", "cluster_profiles", "cluster_interpretations")
+    small_tables = ("evaluation", "cluster_scores", "cluster_profiles", "cluster_interpretations",
+                    "cluster_comparisons")
     frames = {name: lake.read(name).toPandas() for name in small_tables if name in present}
     frames = {name: frame for name, frame in frames.items() if len(frame)}
     sizes = _sizes(lake) if "user_clusters" in present else pd.DataFrame()
@@ -330,6 +344,8 @@ def report_context(lake: Lake) -> dict:
         "profiles": profiles_context(frames["cluster_profiles"]) if "cluster_profiles" in frames else None,
         "interpretations": (interpretations_context(frames["cluster_interpretations"])
                             if "cluster_interpretations" in frames else None),
+        "comparisons": (comparisons_context(frames["cluster_comparisons"])
+                        if "cluster_comparisons" in frames else None),
     }
 
 

@@ -341,29 +341,147 @@ def profile(ctx: Context) -> dict:
     return run.details | {"rows_in": run.rows_in}
 
 
+def interpret_backend(ctx: Context) -> str:
+    """``offline`` or ``llm``: ``interpret.backend``; ``auto`` is llm when ``llm.base_url`` is set."""
+    from beha2vec.config import ConfigError
+
+    backend = ctx.config.interpret.backend
+    if backend not in ("auto", "offline", "llm"):
+        raise ConfigError(f"interpret.backend must be auto, offline or llm, got '{backend}'")
+    if backend == "llm" and not ctx.config.llm.base_url.strip():
+        raise ConfigError("interpret.backend=llm needs llm.base_url (an OpenAI-compatible endpoint)")
+    return "llm" if backend == "llm" or (backend == "auto" and ctx.config.llm.base_url.strip()) else "offline"
+
+
+def _clustering_of(profiles) -> str:
+    first = profiles.iloc[0] if len(profiles) else None
+    return f"{first['model']}/{first['algorithm']}/k={first['k']}" if first is not None else ""
+
+
 def interpret(ctx: Context) -> dict:
-    """``cluster_profiles`` into ``cluster_interpretations``: one sentence and three keywords per
-    cluster that is not small, by the offline interpreter (deterministic, from the numbers alone)."""
-    from beha2vec.features import load_categories
-    from beha2vec.interpret_offline import OFFLINE_MODEL, interpret_all
+    """``cluster_profiles`` (and, with an LLM, sampled ``sessions``) into ``cluster_interpretations``:
+    one sentence and three keywords per cluster that is not small, per replicate."""
     from beha2vec.tables import CLUSTER_INTERPRETATIONS
 
+    backend = interpret_backend(ctx)
     with recorded(ctx.lake, ctx.config, "interpret") as run:
         profiles = ctx.lake.read("cluster_profiles").toPandas()
-        clusters = profiles[(profiles["cluster"] >= 0) & ~profiles["is_small"].fillna(False).astype(bool)]
-        first = profiles.iloc[0] if len(profiles) else None
-        clustering = f"{first['model']}/{first['algorithm']}/k={first['k']}" if first is not None else ""
-        results = interpret_all(profiles, load_categories(ctx.config.features.categories_file))
+        large = (profiles["cluster"] >= 0) & ~profiles["is_small"].fillna(False).astype(bool)
+        clusters = sorted(int(c) for c in profiles.loc[large, "cluster"].unique())
+        clustering = _clustering_of(profiles)
+        rows = (_interpret_llm(ctx, profiles, clusters, run.details) if backend == "llm"
+                else _interpret_offline(ctx, profiles))
         now = dt.datetime.now(dt.UTC)
-        rows = [(run.run_id, clustering, r.cluster, 0, "offline", OFFLINE_MODEL, r.summary, list(r.keywords),
-                 0, 0, 0.0, None, now) for r in results]
-        written = ctx.lake.write(ctx.spark.createDataFrame(rows, CLUSTER_INTERPRETATIONS),
+        table = [(run.run_id, clustering, *row, now) for row in rows]
+        written = ctx.lake.write(ctx.spark.createDataFrame(table, CLUSTER_INTERPRETATIONS),
                                  "cluster_interpretations")
-        run.rows_in = int(clusters["cluster"].nunique())
-        run.rows_out = written.rows
-        run.details.update(clustering=clustering, backend="offline")
+        run.rows_in = len(clusters)
+        run.rows_out = len({row[0] for row in rows})
+        run.details.update(clustering=clustering, backend=backend, rows=written.rows)
     return run.details | {"rows_in": run.rows_in, "rows_out": run.rows_out,
-                          "interpretations": [(r.cluster, r.summary, list(r.keywords)) for r in results]}
+                          "interpretations": [(r[0], r[1], r[4], list(r[5]), r[9]) for r in rows]}
+
+
+def _interpret_offline(ctx: Context, profiles) -> list[tuple]:
+    from beha2vec.features import load_categories
+    from beha2vec.interpret_offline import OFFLINE_MODEL, interpret_all
+
+    results = interpret_all(profiles, load_categories(ctx.config.features.categories_file))
+    return [(r.cluster, 0, "offline", OFFLINE_MODEL, r.summary, list(r.keywords), 0, 0, 0.0,
+             None, None, None, None, None, None) for r in results]
+
+
+def _interpret_llm(ctx: Context, profiles, clusters: list[int], details: dict) -> list[tuple]:
+    """Samples, requests (cached, budgeted), answers and consistency per cluster."""
+    from beha2vec import interpret_llm as lib
+    from beha2vec.embed import load_sentence_transformer
+    from beha2vec.llm import complete_all
+
+    conf, llm = ctx.config.interpret, ctx.config.llm
+    if not conf.seeds or len(set(conf.seeds)) != len(conf.seeds):
+        raise ValueError("interpret.seeds must list distinct seeds, at least one (one replicate per seed)")
+    members = (ctx.lake.read("user_clusters").where(F.col("selected") & F.col("cluster").isin(clusters))
+               .select("user_id", "cluster"))
+    sessions = ctx.lake.read("sessions")
+    summary = profiles[(profiles["facet"] == "summary") & (profiles["key"] == "users")]
+    users = {int(c): int(v) for c, v in zip(summary["cluster"], summary["value"], strict=True)}
+    k = int(profiles["k"].iloc[0]) if len(profiles) else 0
+    samples, requests = [], []
+    for seed in conf.seeds:
+        candidates = lib.candidate_sessions(members, sessions, seed, conf).toPandas()
+        for cluster in clusters:
+            sample = lib.take_sample(candidates, cluster, seed, conf.sample_tokens, llm.tokenizer)
+            facts = lib.profile_facts(profiles, cluster, conf.top_n)
+            samples.append(sample)
+            requests.append(lib.request(sample, facts, users.get(cluster, 0), users.get(-1, 0), k))
+
+    def announce(estimate) -> None:
+        print(f"interpret: {estimate}", flush=True)
+        details["estimate"] = dataclasses.asdict(estimate)
+
+    results = complete_all(ctx.lake, llm, requests, lib.parse_interpretation, on_estimate=announce)
+    model, _ = load_sentence_transformer(conf.similarity_model, "cpu", 1)
+    scores = {}
+    for cluster in clusters:
+        answers = [r.answer for s, r in zip(samples, results, strict=True) if s.cluster == cluster]
+        scores[cluster] = lib.consistency(answers, model.encode)
+    details.update(requests=len(results), cached=sum(r.cached for r in results),
+                   cost_usd=round(sum(r.cost_usd for r in results), 6),
+                   prompt_tokens=sum(r.prompt_tokens for r in results))
+    return [(s.cluster, conf.seeds.index(s.seed), "llm", llm.model, r.answer["summary"], r.answer["keywords"],
+             r.prompt_tokens, r.completion_tokens, r.cost_usd, scores[s.cluster][2], scores[s.cluster][0],
+             scores[s.cluster][1], len(s.lines), s.users, s.tokens)
+            for s, r in zip(samples, results, strict=True)]
+
+
+def compare(ctx: Context) -> dict:
+    """``cluster_profiles`` (and, with an LLM, ``cluster_interpretations``) into ``cluster_comparisons``:
+    how each pair of clusters that are not small differs, in numbers and one sentence."""
+    import pandas as pd
+
+    from beha2vec import compare_llm
+    from beha2vec.compare_offline import compare_all
+    from beha2vec.features import load_categories
+    from beha2vec.interpret_offline import OFFLINE_MODEL
+    from beha2vec.llm import complete_all
+    from beha2vec.tables import CLUSTER_COMPARISONS
+
+    backend = interpret_backend(ctx)
+    conf, llm = ctx.config.interpret, ctx.config.llm
+    with recorded(ctx.lake, ctx.config, "compare") as run:
+        profiles = ctx.lake.read("cluster_profiles").toPandas()
+        pairs = compare_all(profiles, load_categories(ctx.config.features.categories_file),
+                            max_pairs=conf.compare_max_pairs)
+        if backend == "llm" and pairs:
+            described = (ctx.lake.read("cluster_interpretations").where(F.col("replicate") == 0).toPandas()
+                         if ctx.lake.exists("cluster_interpretations") else pd.DataFrame(columns=["cluster"]))
+            descriptions = {int(r.cluster): r.summary for r in described.itertuples()}
+            requests = [compare_llm.request(profiles, p.cluster_a, p.cluster_b, p.evidence, descriptions,
+                                            conf.top_n) for p in pairs]
+
+            def announce(estimate) -> None:
+                print(f"compare: {estimate}", flush=True)
+                run.details["estimate"] = dataclasses.asdict(estimate)
+
+            results = complete_all(ctx.lake, llm, requests, compare_llm.parse_comparison,
+                                   on_estimate=announce)
+            rows = [(p.cluster_a, p.cluster_b, "llm", llm.model, r.answer["summary"], r.answer["evidence"],
+                     r.prompt_tokens, r.completion_tokens, r.cost_usd)
+                    for p, r in zip(pairs, results, strict=True)]
+            run.details.update(requests=len(results), cached=sum(r.cached for r in results),
+                               cost_usd=round(sum(r.cost_usd for r in results), 6))
+        else:
+            rows = [(p.cluster_a, p.cluster_b, "offline", OFFLINE_MODEL, p.summary, list(p.evidence),
+                     0, 0, 0.0) for p in pairs]
+        now = dt.datetime.now(dt.UTC)
+        clustering = _clustering_of(profiles)
+        table = [(run.run_id, clustering, *row, now) for row in rows]
+        written = ctx.lake.write(ctx.spark.createDataFrame(table, CLUSTER_COMPARISONS), "cluster_comparisons")
+        run.rows_in = len(pairs)
+        run.rows_out = written.rows
+        run.details.update(clustering=clustering, backend=backend)
+    return run.details | {"rows_in": run.rows_in, "rows_out": run.rows_out,
+                          "comparisons": [(r[0], r[1], r[4]) for r in rows]}
 
 
 def report(ctx: Context) -> dict:

@@ -242,6 +242,36 @@ CLUSTER_INTERPRETATIONS = _s(
     ("completion_tokens", T.LongType()),
     ("cost_usd", T.DoubleType()),
     ("consistency", T.DoubleType()),
+    ("keyword_overlap", T.DoubleType()),
+    ("summary_similarity", T.DoubleType()),
+    ("sample_sessions", T.LongType()),
+    ("sample_users", T.LongType()),
+    ("sample_tokens", T.LongType()),
+    ("created_at", T.TimestampType()),
+)
+
+CLUSTER_COMPARISONS = _s(
+    ("run_id", T.StringType()),
+    ("clustering", T.StringType()),
+    ("cluster_a", T.IntegerType()),
+    ("cluster_b", T.IntegerType()),
+    ("backend", T.StringType()),
+    ("model", T.StringType()),
+    ("summary", T.StringType()),
+    ("evidence", T.ArrayType(T.StringType(), True)),
+    ("prompt_tokens", T.LongType()),
+    ("completion_tokens", T.LongType()),
+    ("cost_usd", T.DoubleType()),
+    ("created_at", T.TimestampType()),
+)
+
+LLM_CACHE = _s(
+    ("prompt_hash", T.StringType()),
+    ("model", T.StringType()),
+    ("response", T.StringType()),
+    ("prompt_tokens", T.LongType()),
+    ("completion_tokens", T.LongType()),
+    ("cost_usd", T.DoubleType()),
     ("created_at", T.TimestampType()),
 )
 
@@ -274,6 +304,10 @@ TABLES: dict[str, TableSpec] = {
                   "the selected clustering's clusters in numbers: one row per (cluster, facet, key)"),
         TableSpec("cluster_interpretations", CLUSTER_INTERPRETATIONS,
                   "a sentence and three keywords per cluster, per replicate, with what they cost"),
+        TableSpec("cluster_comparisons", CLUSTER_COMPARISONS,
+                  "how each pair of clusters differs, grounded in the profile numbers"),
+        TableSpec("llm_cache", LLM_CACHE,
+                  "every LLM answer by the hash of its request, so no prompt is ever paid for twice"),
     )
 }
 

@@ -1,0 +1,286 @@
+"""``beha2vec ask`` with an LLM: answers from the profiles and interpretations, plus read-only SQL.
+
+The model gets, once in the system message, every lake table's columns, each cluster's numbers
+(:func:`beha2vec.interpret_llm.profile_facts`) and its description, and one tool, ``run_sql``. A
+tool call runs only when :func:`check_select` accepts it: exactly one ``SELECT`` (or ``WITH`` /
+set operation) over lake tables by their bare names, with no function that reaches outside the
+query (``reflect``, ``java_method``, file readers). At most ``ask.max_rows`` rows come back, the
+query is cancelled after ``ask.query_timeout_s``, and at most ``ask.max_tool_calls`` calls run per
+question. Results are redacted like prompts, and id columns are replaced by stable pseudonyms, so
+no raw user id reaches the model. The history kept for the next question is cut, oldest turns
+first, to ``ask.history_tokens``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from beha2vec.config import Config
+from beha2vec.lake import Lake
+from beha2vec.llm import policy, prompt_tokens, validate
+from beha2vec.openai_api import Malformed, api_key, call_with_retries, client
+from beha2vec.redact import redact
+from beha2vec.sql import SqlError, register_views
+
+BLOCKED_FUNCTIONS = {"reflect", "java_method", "try_reflect", "read_files", "input_file_name"}
+ID_COLUMNS = {"user_id", "session_id", "event_id", "panelist_id", "transaction_id", "ga_session_id"}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "run_sql",
+        "description": "Run one read-only Spark SQL SELECT over the lake tables (by bare name) and get at "
+                       "most a bounded number of rows back as JSON. Id columns come back pseudonymised.",
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string", "description": "one Spark SQL SELECT statement"}},
+            "required": ["query"],
+            "additionalProperties": False,
+        },
+    },
+}
+SYSTEM = (
+    "You answer questions about segments (clusters) of website users found by Beha2Vec. Answer from the "
+    "cluster numbers and descriptions below; when you need other numbers, call run_sql with one Spark SQL "
+    "SELECT over the lake tables listed. Cite every number you use with where it came from (a table and "
+    "column, or 'cluster numbers'). Say so when the data cannot answer the question. Be brief."
+)
+
+
+def check_select(statement: str, tables: set[str]) -> str:
+    """The statement without a trailing ``;`` if it is one read-only query over ``tables``, else SqlError."""
+    import sqlglot
+    from sqlglot import exp
+
+    text = statement.strip().rstrip(";").strip()
+    try:
+        parsed = [p for p in sqlglot.parse(text, read="spark") if p is not None]
+    except sqlglot.errors.SqlglotError as exc:
+        raise SqlError(f"the query does not parse: {str(exc).splitlines()[0]}") from None
+    if len(parsed) != 1:
+        raise SqlError("exactly one statement is allowed")
+    tree = parsed[0]
+    if not isinstance(tree, exp.Query):
+        raise SqlError(f"only SELECT queries are allowed, not {tree.key.upper()}")
+    named = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+    for table in tree.find_all(exp.Table):
+        if table.args.get("db") or table.args.get("catalog") or not isinstance(table.this, exp.Identifier):
+            raise SqlError(f"'{table.sql(dialect='spark')}': only lake tables, by bare name, can be read")
+        if table.name not in tables and table.name not in named:
+            raise SqlError(f"unknown table '{table.name}'; lake tables: {', '.join(sorted(tables))}")
+    for func in tree.find_all(exp.Func):
+        name = (func.name if isinstance(func, exp.Anonymous) else func.sql_name()).lower()
+        if name in BLOCKED_FUNCTIONS:
+            raise SqlError(f"function {name}() is not allowed in ask queries")
+    return text
+
+
+def pseudonym(value: object) -> str:
+    """A stable stand-in for an id: the same id always maps to the same ``id:<10 hex>``."""
+    return "id:" + hashlib.sha256(str(value).encode()).hexdigest()[:10]
+
+
+def safe_rows(frame: pd.DataFrame) -> list[dict]:
+    """Rows fit to send: id columns pseudonymised, every string redacted."""
+    out = frame.copy()
+    for column in out.columns:
+        if column.lower() in ID_COLUMNS:
+            out[column] = [None if v is None else pseudonym(v) for v in out[column]]
+        elif out[column].dtype == object:
+            out[column] = [_redacted(v) for v in out[column]]
+    return json.loads(out.to_json(orient="records", date_format="iso", default_handler=str))
+
+
+def _redacted(value: Any) -> Any:
+    """Strings redacted, also inside arrays and structs (``urls``, ``items``)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+        items = value.tolist() if hasattr(value, "tolist") else value
+        return [_redacted(v) for v in items] if isinstance(items, list) else items
+    if hasattr(value, "asDict"):
+        return _redacted(value.asDict(recursive=True))
+    return value
+
+
+def run_query(lake: Lake, statement: str, max_rows: int, timeout_s: float) -> tuple[pd.DataFrame, bool]:
+    """At most ``max_rows`` rows of a checked query and whether more existed; cancelled after the timeout."""
+    names = set(register_views(lake))
+    text = check_select(statement, names)
+    sc = lake.spark.sparkContext
+    group = f"beha2vec-ask-{uuid.uuid4().hex[:8]}"
+    fired = threading.Event()
+
+    def cancel() -> None:
+        fired.set()
+        sc.cancelJobGroup(group)
+
+    sc.setJobGroup(group, "beha2vec ask query", interruptOnCancel=True)
+    timer = threading.Timer(timeout_s, cancel)
+    timer.start()
+    try:
+        frame = lake.spark.sql(text).limit(max_rows + 1).toPandas()
+    except Exception as exc:
+        if fired.is_set():
+            raise SqlError(f"the query ran past ask.query_timeout_s={timeout_s:g} s; cancelled") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SqlError(first) from None
+    finally:
+        timer.cancel()
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    return frame.head(max_rows), len(frame) > max_rows
+
+
+@dataclass
+class Conversation:
+    """One chat with the model: a fixed system message and a history bounded in tokens."""
+
+    lake: Lake
+    config: Config
+    context: str
+    history: list[dict] = field(default_factory=list)
+    queries: list[str] = field(default_factory=list)
+
+    def ask(self, question: str) -> str:
+        """The model's answer; tool calls run in between, at most ``ask.max_tool_calls`` of them."""
+        conf, bounds = self.config.llm, self.config.ask
+        validate(conf)
+        key = api_key(conf.api_key_env, "llm.api_key_env")
+        api = client(conf.base_url, key, conf.timeout_s)
+        turn = [{"role": "user", "content": redact(question)}]
+        calls = 0
+        while True:
+            self._trim(turn)
+            messages = [{"role": "system", "content": self.context}, *self.history, *turn]
+            offer_tool = calls < bounds.max_tool_calls
+            message = call_with_retries(functools.partial(_reply, api, conf, messages, offer_tool),
+                                        policy(conf), key)
+            tool_calls = list(message.tool_calls or []) if offer_tool else []
+            turn.append(_assistant(message, tool_calls))
+            if not tool_calls:
+                self.history.extend(turn)
+                return message.content or (f"(no answer: the model wanted more than ask.max_tool_calls="
+                                           f"{bounds.max_tool_calls} queries for this question)")
+            for call in tool_calls:
+                calls += 1
+                turn.append({"role": "tool", "tool_call_id": call.id, "content": self._tool(call)})
+
+    def _tool(self, call: Any) -> str:
+        bounds = self.config.ask
+        if call.function.name != "run_sql":
+            return json.dumps({"error": f"unknown tool {call.function.name}; the only tool is run_sql"})
+        try:
+            query = json.loads(call.function.arguments or "{}").get("query", "")
+            self.queries.append(query)
+            frame, more = run_query(self.lake, query, bounds.max_rows, bounds.query_timeout_s)
+        except (SqlError, ValueError, AttributeError) as exc:
+            return json.dumps({"error": redact(str(exc))})
+        return json.dumps({"columns": list(frame.columns), "rows": safe_rows(frame), "truncated": more,
+                           "note": f"at most {bounds.max_rows} rows are returned"}, default=str)
+
+    def _trim(self, turn: list[dict]) -> None:
+        """Drop the oldest whole questions (with their answers and tool results) past the token bound."""
+        def size(messages: list[dict]) -> int:
+            return prompt_tokens(self.config.llm, [json.dumps(m) for m in messages])
+
+        limit = self.config.ask.history_tokens
+        while self.history and size([{"content": self.context}, *self.history, *turn]) > limit:
+            starts = [i for i, m in enumerate(self.history) if m["role"] == "user"]
+            cut = starts[1] if len(starts) > 1 else len(self.history)
+            del self.history[:cut]
+
+
+def _reply(api: Any, conf: Any, messages: list[dict], offer_tool: bool) -> Any:
+    kwargs: dict[str, Any] = {"model": conf.model, "messages": messages, "temperature": conf.temperature,
+                              "max_tokens": conf.max_completion_tokens}
+    if offer_tool:
+        kwargs["tools"] = [TOOL]
+    response = api.chat.completions.create(**kwargs)
+    if not response.choices or response.choices[0].message is None:
+        raise Malformed("the answer has no message")
+    message = response.choices[0].message
+    if not message.content and not message.tool_calls:
+        raise Malformed("the answer is empty")
+    return message
+
+
+def _assistant(message: Any, tool_calls: list) -> dict:
+    out: dict[str, Any] = {"role": "assistant", "content": message.content or ""}
+    if tool_calls:
+        out["tool_calls"] = [{"id": c.id, "type": "function",
+                              "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                             for c in tool_calls]
+    return out
+
+
+def context_message(lake: Lake, profiles: pd.DataFrame, interpretations: pd.DataFrame | None,
+                    top_n: int) -> str:
+    """The system message: instructions, table columns, and every cluster's numbers and description."""
+    from beha2vec.interpret_llm import profile_facts
+
+    tables = [f"- {t.name}({', '.join(lake.read(t.name).columns)})" for t in lake.tables()]
+    lines = [SYSTEM, "", "Lake tables (Spark SQL names and columns):", *tables, "", "Cluster numbers:"]
+    clusters = sorted(int(c) for c in profiles["cluster"].unique() if c >= 0)
+    for cluster in clusters:
+        users = profiles.loc[(profiles["cluster"] == cluster), "users"].iloc[0]
+        small = bool(profiles.loc[profiles["cluster"] == cluster, "is_small"].fillna(False).iloc[0])
+        lines.append(f"Cluster {cluster}: {int(users):,} users{' (small)' if small else ''}")
+        if interpretations is not None and len(interpretations):
+            mine = interpretations[(interpretations["cluster"] == cluster)
+                                   & (interpretations["replicate"] == 0)]
+            for row in mine.itertuples():
+                lines.append(f"  description ({row.backend}): {redact(row.summary)} "
+                             f"[{', '.join(redact(k) for k in row.keywords)}]")
+        lines += [f"  - {fact}" for fact in profile_facts(profiles, cluster, top_n)]
+    return "\n".join(lines)
+
+
+def run_ask(ctx: Any, question: str, read: Callable[[str], str] = input,
+            write: Callable[[str], None] = print) -> None:
+    """One answer to ``question``, or a prompt loop (until an empty line, ``exit`` or end of input).
+
+    With ``llm.base_url`` set the model answers (and may query); otherwise :mod:`beha2vec.ask_offline`
+    answers what the tables answer directly and says what needs an endpoint.
+    """
+    from beha2vec.ask_offline import answer as answer_offline
+
+    lake = ctx.lake
+    if not lake.exists("cluster_profiles"):
+        raise ValueError("no cluster_profiles table in the lake yet; run the pipeline through profile first "
+                         "(beha2vec run --to profile)")
+    profiles = lake.read("cluster_profiles").toPandas()
+    interpretations = (lake.read("cluster_interpretations").toPandas()
+                       if lake.exists("cluster_interpretations") else None)
+    comparisons = lake.read("cluster_comparisons").toPandas() if lake.exists("cluster_comparisons") else None
+    if ctx.config.llm.base_url.strip():
+        conversation = Conversation(lake, ctx.config, context_message(lake, profiles, interpretations,
+                                                                      ctx.config.interpret.top_n))
+        respond = conversation.ask
+    else:
+        def respond(text: str) -> str:
+            found = answer_offline(text, profiles, interpretations, comparisons)
+            return found.text + (f"\n(from {'; '.join(found.sources)})" if found.sources else "")
+
+    if question:
+        write(respond(question))
+        return
+    write("Ask about the clusters; an empty line, 'exit' or Ctrl-D ends."
+          + ("" if ctx.config.llm.base_url.strip() else " (offline: no llm.base_url is set)"))
+    while True:
+        try:
+            text = read("ask> ").strip()
+        except EOFError:
+            return
+        if not text or text.lower() in ("exit", "quit"):
+            return
+        write(respond(text))

@@ -1,0 +1,39 @@
+"""Masking what must never leave the machine: applied to every text before an LLM sees it.
+
+Rules, in this order (each leaves a visible placeholder, so the model knows something was there):
+
+* query strings and fragments: ``?…`` and ``#…`` up to the next space are dropped;
+* e-mail addresses (``@`` or its URL encoding ``%40``) become ``<email>``;
+* id-like path segments become ``<id>``: UUIDs, hex runs of 16 or more, all-digit segments of 5 or
+  more, and single tokens of 10 or more letters and digits holding at least 2 digits and no ``-``
+  (``/order/AB12CD34EF`` → ``/order/<id>``, while slugs such as ``/best-laptops-2024`` stay);
+* any other run of 6 or more digits becomes ``<num>``;
+* each string of ``known`` (the raw user ids of the sample) becomes ``<user>``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+QUERY = re.compile(r"[?#][^\s]*")
+EMAIL = re.compile(r"[\w.+%-]+(?:@|%40)[\w-]+(?:\.[\w-]+)+", re.I)
+SEGMENT = r"(?<=/)(?:{})(?=[/\s),;]|$)"
+ID_SEGMENT = re.compile(SEGMENT.format(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    r"|[0-9a-f]{16,}"
+    r"|\d{5,}"
+    r"|(?=(?:[A-Za-z_]*\d){2})(?=[A-Za-z0-9_]*[A-Za-z])[A-Za-z0-9_]{10,}"
+), re.I)
+DIGITS = re.compile(r"\d{6,}")
+MIN_KNOWN = 4
+
+
+def redact(text: str, known: Iterable[str] = ()) -> str:
+    """``text`` with query strings, e-mails, ids, long numbers and the ``known`` strings masked."""
+    for value in sorted({k for k in known if k and len(k) >= MIN_KNOWN}, key=len, reverse=True):
+        text = text.replace(value, "<user>")
+    text = QUERY.sub("", text)
+    text = EMAIL.sub("<email>", text)
+    text = ID_SEGMENT.sub("<id>", text)
+    return DIGITS.sub("<num>", text)
