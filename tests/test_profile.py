@@ -142,6 +142,19 @@ def test_purchase_and_engagement_keys_only_with_such_events(spark):
         "median_session_duration_s", "mean_session_duration_s", "bot_share", "mean_distance"])
 
 
+def test_untimed_sources_have_no_durations_nor_clock_facets(spark):
+    """msnbc's times are ordinal positions: their durations, hours and weekdays would be invented."""
+    source = SESSIONS.fieldNames().index("source")
+    untimed = spark.createDataFrame([(*s[:source], "msnbc", *s[source + 1:]) for s in SESSION_ROWS], SESSIONS)
+    rows = cluster_profiles(spark.createDataFrame(USER_CLUSTER_ROWS, USER_CLUSTERS), untimed,
+                            spark.createDataFrame(EVENT_ROWS, EVENTS), CONF, BERLIN).collect()
+    facets = {r.facet for r in rows}
+    assert "hour" not in facets and "weekday" not in facets and "domain" in facets
+    keys = {r.key for r in rows if r.facet == "summary"}
+    assert "median_session_duration_s" not in keys and "mean_session_duration_s" not in keys
+    assert "sessions_per_user" in keys
+
+
 def test_top_domains_by_share_with_lift(result):
     _, rows = result
     news, shop = rows[(0, "domain", "news.com")], rows[(0, "domain", "shop.com")]

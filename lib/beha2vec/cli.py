@@ -259,9 +259,13 @@ def _interpret(ctx: Context, args: argparse.Namespace) -> None:
     cost = (f", {report['requests']} requests ({report['cached']} cached), ${report['cost_usd']:.4f}"
             if report["backend"] == "llm" else "")
     print(f"interpret ({report['backend']}): {report['rows_out']} clusters of {report['clustering']}{cost}")
-    for cluster, replicate, summary, keywords, consistency in report["interpretations"]:
-        score = f" (consistency {consistency:.2f})" if consistency is not None and replicate == 0 else ""
-        print(f"  {cluster}.{replicate}: {summary} [{', '.join(keywords)}]{score}")
+    replicates = len({r[1] for r in report["interpretations"]})
+    if replicates > 1:
+        print(f"  (replicate 0 of {replicates} per cluster; all are in cluster_interpretations)")
+    for cluster, replicate, summary, keywords, consistency in sorted(report["interpretations"]):
+        if replicate == 0:
+            score = f" (consistency {consistency:.2f})" if consistency is not None else ""
+            print(f"  {cluster}: {summary} [{', '.join(keywords)}]{score}")
 
 
 def _compare(ctx: Context, args: argparse.Namespace) -> None:

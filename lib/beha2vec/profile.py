@@ -25,14 +25,22 @@ PAGE_VIEWS = ("page_view", "screen_view")
 CATEGORICAL = ("browser", "device_category", "os", "country")
 PURCHASE_KEYS = ("purchase_rate", "revenue_per_user")
 ENGAGEMENT_KEYS = ("engagement_s_per_user", "engagement_s_per_session")
+DURATION_KEYS = ("median_session_duration_s", "mean_session_duration_s")
 SUMMARY_KEYS = ("users", "sessions", "sessions_per_user", "page_views_per_session", "page_views_per_user",
-                "median_session_duration_s", "mean_session_duration_s", *ENGAGEMENT_KEYS, "bot_share",
+                *DURATION_KEYS, *ENGAGEMENT_KEYS, "bot_share",
                 *PURCHASE_KEYS, "mean_distance")
 
 
 def _ratio(num: Column | str, den: Column | str) -> Column:
     """num / den as a double, null where den is 0 (ANSI mode would fail)."""
     return F.try_divide(num, den).cast("double")
+
+
+def _timed() -> Column:
+    """Sessions whose times were measured (not the ordinal positions of msnbc's sequences)."""
+    from beha2vec.ingest import UNTIMED_SOURCES
+
+    return ~F.coalesce(F.col("source").isin(*UNTIMED_SOURCES), F.lit(False))
 
 
 def _is_page_view() -> Column:
@@ -117,7 +125,8 @@ def summary(users: DataFrame, sessions: DataFrame) -> DataFrame:
     comes next (``user_engagement``, ``page_view``, ``scroll``...); it equals the sum of
     ``sessions.engagement_s``. The median session duration is approximate (rank error 1/10000).
     Purchase keys appear only where some clustered user's event is a purchase or has revenue,
-    engagement keys only where some event has an engagement time (not so for panel data).
+    engagement keys only where some event has an engagement time (not so for panel data),
+    duration keys only where some session has measured times (not so for msnbc's sequences).
     """
     per_user = _aggregate(
         users, [],
@@ -133,12 +142,13 @@ def summary(users: DataFrame, sessions: DataFrame) -> DataFrame:
     per_session = _aggregate(
         sessions, [],
         F.count(F.lit(1)).alias("sessions"),
-        F.percentile_approx("duration_s", 0.5).alias("median_session_duration_s"),
-        F.avg("duration_s").alias("mean_session_duration_s"),
+        F.percentile_approx(F.when(_timed(), F.col("duration_s")), 0.5).alias("median_session_duration_s"),
+        F.avg(F.when(_timed(), F.col("duration_s"))).alias("mean_session_duration_s"),
         F.avg(F.coalesce("is_bot", F.lit(False)).cast("double")).alias("bot_share"),
+        F.coalesce(F.max(_timed()), F.lit(False)).alias("_t"),
     )
-    wide = per_user.join(per_session, "cluster", "left").fillna(0, ["sessions"]).select(
-        "cluster", "_p", "_e",
+    wide = per_user.join(per_session, "cluster", "left").fillna(0, ["sessions"]).fillna(False, ["_t"]).select(
+        "cluster", "_p", "_e", "_t",
         F.col("users").cast("double").alias("users"),
         F.col("sessions").cast("double").alias("sessions"),
         _ratio("sessions", "users").alias("sessions_per_user"),
@@ -153,9 +163,10 @@ def summary(users: DataFrame, sessions: DataFrame) -> DataFrame:
         "mean_distance",
     )
     key = F.col("key")
-    present = (~key.isin(*PURCHASE_KEYS) | _baseline("_p")) & (~key.isin(*ENGAGEMENT_KEYS) | _baseline("_e"))
+    present = ((~key.isin(*PURCHASE_KEYS) | _baseline("_p")) & (~key.isin(*ENGAGEMENT_KEYS) | _baseline("_e"))
+               & (~key.isin(*DURATION_KEYS) | _baseline("_t")))
     return (
-        wide.unpivot(["cluster", "_p", "_e"], list(SUMMARY_KEYS), "key", "value")
+        wide.unpivot(["cluster", "_p", "_e", "_t"], list(SUMMARY_KEYS), "key", "value")
         .withColumn("_present", present).where(F.col("_present"))
         .select("cluster", F.lit("summary").alias("facet"), "key", "value")
     )
@@ -225,7 +236,8 @@ def category_facets(users: DataFrame, conf: ProfileConfig) -> DataFrame:
 def time_facets(sessions: DataFrame, sizes: DataFrame, timezone: str) -> DataFrame:
     """Facets ``hour`` (0..23) and ``weekday`` (Monday..Sunday) of session starts on the wall clock
     of ``timezone``, ranked in natural order; every key seen among all clustered users appears for
-    every cluster (share 0 where it has none), so the distributions are whole."""
+    every cluster (share 0 where it has none), so the distributions are whole. Sessions of untimed
+    sources (msnbc) have no clock and are left out."""
     local = F.convert_timezone(None, F.lit(timezone), F.col("start_ts").cast("timestamp_ntz"))
     stacked = F.explode(F.array(
         F.struct(F.lit("hour").alias("facet"), F.hour(local).cast("string").alias("key"),
@@ -233,7 +245,7 @@ def time_facets(sessions: DataFrame, sizes: DataFrame, timezone: str) -> DataFra
         F.struct(F.lit("weekday").alias("facet"), F.date_format(local, "EEEE").alias("key"),
                  (F.weekday(local) + 1).alias("rank")),
     ))
-    starts = sessions.where(F.col("start_ts").isNotNull()).select("cluster", stacked.alias("v"))
+    starts = sessions.where(F.col("start_ts").isNotNull() & _timed()).select("cluster", stacked.alias("v"))
     counts = _aggregate(starts.select("cluster", "v.*"), ["facet", "key", "rank"],
                         F.count(F.lit(1)).alias("value"))
     keys = counts.where(F.col("cluster") == BASELINE).select("facet", "key", "rank")

@@ -29,6 +29,8 @@ from beha2vec.tables import EVENTS
 log = logging.getLogger(__name__)
 
 SOURCES = ("ga4", "ga4-flat", "webtracking", "msnbc")
+# sources whose event times are ordinal positions, not clock times: no duration or hour means anything
+UNTIMED_SOURCES = ("msnbc",)
 FOLDER_MATCH = {
     "ga4": (".json", ".jsonl", ".ndjson", ".parquet", "events_"),
     "ga4-flat": (".csv",),
