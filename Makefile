@@ -18,7 +18,7 @@ export JAVA_HOME := $(patsubst %/bin/java,%,$(realpath $(JAVA)))
 endif
 endif
 
-.PHONY: setup java browser run test lint bench clean distclean
+.PHONY: setup java browser run test lint bench package clean distclean
 
 setup: java $(STAMP)
 
@@ -39,6 +39,15 @@ $(STAMP): pyproject.toml
 
 $(SAMPLE): | setup
 	$(BIN)/beha2vec synth --kind ga4 --users 200 --days 28 --personas 5 --seed 7 --workers 2 --out $(SAMPLE)
+
+# dist/: the wheel (pip install on a cluster's nodes or image) and a zip of the package for
+# spark-submit --py-files (docs/cluster.md)
+package: setup
+	@rm -rf dist build && mkdir -p dist
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+	@rm -rf build
+	cd lib && zip -qr ../dist/beha2vec.zip beha2vec -x '*__pycache__*'
+	@ls -l dist
 
 run: setup $(SAMPLE)
 	$(BIN)/beha2vec --conf conf/local.yaml --lake $(LAKE) run --source ga4 $(SAMPLE) \

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, QueryBuilder
 
-from beha2vec.lake import Lake, LakeError, check_file_schema, choose_route
+from beha2vec.lake import Lake, LakeError, check_file_schema, choose_route, registration_sql
 from beha2vec.tables import RUNS
 
 
@@ -14,6 +14,15 @@ def _runs(spark, n, tag="x"):
     t = dt.datetime(2024, 1, 1, 12, 30, 15, 123456, tzinfo=dt.UTC)
     rows = [(f"{tag}{i}", "ingest", t, t, "ok", i, i, 0, "h", "v", None) for i in range(n)]
     return spark.createDataFrame(rows, RUNS)
+
+
+def test_native_tables_are_registered_by_location():
+    assert registration_sql("beha2vec", "user_clusters", "s3a://b/lake/user_clusters") == [
+        "CREATE DATABASE IF NOT EXISTS `beha2vec`",
+        "CREATE TABLE IF NOT EXISTS `beha2vec`.`user_clusters` USING DELTA LOCATION 's3a://b/lake/user_clusters'"]
+    assert registration_sql("", "sessions", "/x") == []
+    with pytest.raises(LakeError, match="lake.database 'my-db'"):
+        registration_sql("my-db", "sessions", "/x")
 
 
 def test_route_choice():

@@ -22,4 +22,4 @@ class Context:
 
     @cached_property
     def lake(self) -> Lake:
-        return Lake(self.spark, self.config.lake.root, self.config.lake.route)
+        return Lake(self.spark, self.config.lake.root, self.config.lake.route, self.config.lake.database)

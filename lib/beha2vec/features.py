@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -36,7 +37,8 @@ CATEGORIES = ("social", "search", "email", "commerce", "news", "video", "gaming"
               "reference", "tech", "sports", "travel", "government", "education", "other")
 UNKNOWN = "other"
 NOT_SET = "(not set)"
-DEFAULT_CATEGORIES_FILE = Path(__file__).with_name("data") / "domain_categories.csv"
+# a package resource, so the map also loads where executors import beha2vec from a --py-files zip
+DEFAULT_CATEGORIES = resources.files("beha2vec").joinpath("data", "domain_categories.csv")
 TIME_OF_DAY = (("night", 0, 6), ("morning", 6, 12), ("afternoon", 12, 18), ("evening", 18, 24))
 
 # Scheme and user info are optional: panel logs hold URLs such as "www.google.com/search".
@@ -80,7 +82,7 @@ def load_categories(path: str = "") -> dict[str, str]:
     Fails on the first bad line (a subdomain or public suffix as key, an unknown category, a domain
     given two categories) so that a typo never silently turns a category into ``other``.
     """
-    source = Path(path) if path else DEFAULT_CATEGORIES_FILE
+    source = Path(path) if path else DEFAULT_CATEGORIES
     mapping: dict[str, str] = {}
     with source.open(newline="", encoding="utf-8") as handle:
         rows = csv.reader(handle)

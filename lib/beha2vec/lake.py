@@ -1,7 +1,8 @@
 """Table I/O by name: the only module that knows where tables live and how Delta is written.
 
 Two routes (DESIGN.md, storage rule):
-- ``native``: Spark's own ``format("delta")`` when the Delta classes are on the classpath.
+- ``native``: Spark's own ``format("delta")`` when the Delta classes are on the classpath; each
+  table is also registered in the metastore as ``<database>.<table>`` (its data stays at the path).
 - ``delta-rs``: Spark writes parquet part files in parallel into the table folder, then the
   ``deltalake`` library commits them as one Delta transaction after checking every file's schema.
   Reads go through the table's active file list, never through a folder listing, so files of
@@ -138,11 +139,29 @@ def conform(df: DataFrame, table: TableSpec) -> DataFrame:
     return df.select(cols)
 
 
+def registration_sql(database: str, name: str, uri: str) -> list[str]:
+    """Statements that make a table written at ``uri`` queryable as ``database.name`` anywhere.
+
+    ``LOCATION`` keeps the data where the lake puts it; ``IF NOT EXISTS`` makes re-runs free (the
+    metastore entry points at the path, so every new version is seen without re-registering).
+    """
+    if not database:
+        return []
+    for part, what in ((database, "lake.database"), (name, "table name")):
+        if not part.replace("_", "").isalnum():
+            raise LakeError(f"{what} '{part}' must be letters, digits and underscores")
+    location = uri.replace("'", "\\'")
+    return [f"CREATE DATABASE IF NOT EXISTS `{database}`",
+            f"CREATE TABLE IF NOT EXISTS `{database}`.`{name}` USING DELTA LOCATION '{location}'"]
+
+
 class Lake:
     """Tables by name under one root; see the module docstring for the two routes."""
 
-    def __init__(self, spark: SparkSession, root: str, route: str = "auto") -> None:
+    def __init__(self, spark: SparkSession, root: str, route: str = "auto",
+                 database: str = "beha2vec") -> None:
         self.spark = spark
+        self.database = database
         self.root = _resolve_root(root)
         self.route = choose_route(route, delta_on_classpath(spark))
         self._fs, self._fs_root = pafs.FileSystem.from_uri(
@@ -199,6 +218,8 @@ class Lake:
             condition = " AND ".join(f"`{k}` = '{v}'" for k, v in replace.items())
             writer = writer.option("replaceWhere", condition)
         writer.save(self.uri(table.name))
+        for statement in registration_sql(self.database, table.name, self.uri(table.name)):
+            self.spark.sql(statement)
         last = self.history(table.name, limit=1)[0]
         metrics = last.get("operationMetrics") or {}
         return Written(int(last["version"]), int(metrics.get("numOutputRows", 0)))
