@@ -27,6 +27,10 @@ PIPELINE = ("ingest", "sessionize", "features", "train-encoder", "embed", "user-
             "evaluate", "profile", "interpret", "compare", "report")
 USER_ERRORS = (ConfigError, InputError, LakeError, SqlError, ConservationError, ValueError)
 
+INCREMENTAL_INGEST = ("read only new or changed files and those of the last ingest.reingest_days export "
+                      "dates (GA4 rewrites them); keep the events of the others")
+INCREMENTAL_SESSIONIZE = ("recompute the sessions of the users whose events changed since the last "
+                          "sessionize")
 EXAMPLE_QUERIES = (
     "SELECT user_id, count(*) AS sessions FROM sessions GROUP BY user_id ORDER BY 2 DESC LIMIT 5",
     "SELECT domains[0] AS first_page, count(*) AS n FROM sessions GROUP BY 1 ORDER BY 2 DESC LIMIT 5",
@@ -56,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="raw files into the events and rejects tables")
     p.add_argument("--source", required=True, choices=SOURCES)
     p.add_argument("paths", nargs="+", metavar="PATH", help="files, globs or folders (plain or gzip)")
+    p.add_argument("--incremental", action="store_true", help=INCREMENTAL_INGEST)
 
-    sub.add_parser("sessionize", help="events into sessions")
+    p = sub.add_parser("sessionize", help="events into sessions")
+    p.add_argument("--incremental", action="store_true", help=INCREMENTAL_SESSIONIZE)
     sub.add_parser("features", help="sessions into behavioural features per session")
 
     p = sub.add_parser("train-encoder", help="train the sequence encoder on the driver (a new model version)")
@@ -87,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", metavar="CSV", help="user_id,persona file for evaluate")
     p.add_argument("--from", dest="first", choices=PIPELINE, help="first stage to run")
     p.add_argument("--to", dest="last", choices=PIPELINE, help="last stage to run")
+    p.add_argument("--incremental", action="store_true",
+                   help="ingest and sessionize incrementally (see their help); later stages run in full")
     p.add_argument("--resume", action="store_true",
                    help="start at the first stage whose latest run failed, is missing, or is older than "
                         "the run of the stage before it (from the runs table)")
@@ -177,16 +185,19 @@ def _ingest(ctx: Context, args: argparse.Namespace) -> None:
 
     if not args.source or not args.paths:
         raise ValueError("ingest needs --source and at least one PATH (or start later with --from)")
-    report = stages.ingest(ctx, args.source, args.paths)
+    report = stages.ingest(ctx, args.source, args.paths, args.incremental)
+    read = (f" from {report['files_read']} of {report['files']} files ({report.get('events_kept', 0):,} "
+            "events of the others kept)" if args.incremental else "")
     print(f"ingest: {report['rows_in']:,} records -> {report['rows_out']:,} events, "
-          f"{report['rows_rejected']:,} rejected")
+          f"{report['rows_rejected']:,} rejected{read}")
 
 
 def _sessionize(ctx: Context, args: argparse.Namespace) -> None:
     from beha2vec import stages
 
-    report = stages.sessionize(ctx)
-    print(f"sessionize: {report['rows_in']:,} events -> {report['sessions']:,} sessions "
+    report = stages.sessionize(ctx, args.incremental)
+    users = f" of {report['users_recomputed']:,} changed users" if report["incremental"] else ""
+    print(f"sessionize: {report['rows_in']:,} events{users} -> {report['sessions']:,} sessions "
           f"({report['bot_sessions']:,} of bot-like users)")
 
 

@@ -53,6 +53,7 @@ class IngestConfig:
     duration_cap_s: float = 300.0
     split_bytes: int = 134_217_728
     batch_rows: int = 20000
+    reingest_days: int = 3
 
 
 @dataclass

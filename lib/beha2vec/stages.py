@@ -23,54 +23,154 @@ from beha2vec.sessionize import validate as validate_sessionize
 log = logging.getLogger(__name__)
 
 
-def ingest(ctx: Context, source: str, paths: list[str]) -> dict:
-    """Raw files of one source into ``events`` (that source's partition) and ``rejects``."""
+def ingest(ctx: Context, source: str, paths: list[str], incremental: bool = False) -> dict:
+    """Raw files of one source into ``events`` (that source's partition) and ``rejects``.
+
+    ``incremental`` reads only new, changed and recently exported files (:mod:`beha2vec.incremental`)
+    and keeps the events of every other file; either way the users whose events changed are added
+    to ``changed_users`` for sessionize, and ``ingested_files`` records what was read.
+    """
+    from beha2vec import incremental as inc
+
     conf = ctx.config.ingest
     with recorded(ctx.lake, ctx.config, "ingest") as run:
-        candidates = ingest_lib.read_candidates(ctx.spark, source, paths, conf)
-        typed = ingest_lib.validate(candidates, conf, dt.datetime.now(dt.UTC))
-        typed = typed.persist(StorageLevel.MEMORY_AND_DISK)
+        if incremental and source not in inc.INCREMENTAL_SOURCES:
+            raise ValueError(f"incremental ingest is for {', '.join(inc.INCREMENTAL_SOURCES)} exports; "
+                             f"ingest {source} in full (web-tracking durations and msnbc user numbers "
+                             "span files)")
+        files = [inc.file_state(p) for p in ingest_lib.resolve_inputs(source, paths)]
+        ledger = _ledger(ctx, source)
+        chosen = inc.plan(files, ledger, conf.reingest_days) if incremental and len(ledger) else files
+        run.details.update(source=source, inputs=paths, incremental=incremental, files=len(files),
+                           files_read=len(chosen))
+        if not chosen:
+            return run.details | {"rows_in": 0, "rows_out": 0, "rows_rejected": 0}
+        read = [f.path for f in chosen]
+        typed = ingest_lib.validate(ingest_lib.read_candidates(ctx.spark, source, read, conf), conf,
+                                    dt.datetime.now(dt.UTC)).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             counts = {r["ok"]: r["n"] for r in typed.groupBy(F.col("reason").isNull().alias("ok"))
                       .agg(F.count(F.lit(1)).alias("n")).collect()}
             collapsed = ingest_lib.collapse_duplicates(typed.where(F.col("reason").isNull()).drop("raw"))
             collapsed = collapsed.persist(StorageLevel.MEMORY_AND_DISK)
-            events = ctx.lake.write(
-                ingest_lib.to_events(collapsed, conf, derive_durations=source == "webtracking"),
-                "events", replace={"source": source})
-            rejects = ctx.lake.write(ingest_lib.to_rejects(typed, collapsed, run.run_id, conf), "rejects",
-                                     replace={"stage": "ingest", "source": source})
+            new = ingest_lib.to_events(collapsed, conf, derive_durations=source == "webtracking")
+            rejects = ingest_lib.to_rejects(typed, collapsed, run.run_id, conf)
+            old = (ctx.lake.read("events").where(F.col("source") == source)
+                   if ctx.lake.exists("events") else None)
+            if old is None or chosen == files:
+                changed = new.select("user_id") if old is None else new.select("user_id").unionByName(
+                    old.select("user_id"))
+                kept_events = kept_rejects = 0
+            else:
+                new, rejects, changed, kept_events, kept_rejects = _keep_unread(ctx, source, read, old, new,
+                                                                                rejects, run.run_id)
+            _record_changed_users(ctx, changed, source, run.run_id)
+            events = ctx.lake.write(new, "events", replace={"source": source})
+            written = ctx.lake.write(rejects, "rejects", replace={"stage": "ingest", "source": source})
             collapsed.unpersist()
         finally:
             typed.unpersist()
+        _record_files(ctx, source, chosen, ledger, run.run_id, keep_unread=chosen != files)
         run.rows_in = counts.get(True, 0) + counts.get(False, 0)
-        run.rows_out = events.rows
-        run.rows_rejected = rejects.rows
-        run.details.update(source=source, inputs=paths, invalid=counts.get(False, 0),
-                           duplicates=rejects.rows - counts.get(False, 0),
-                           events_version=events.version, rejects_version=rejects.version)
+        run.rows_out = events.rows - kept_events
+        run.rows_rejected = written.rows - kept_rejects
+        run.details.update(invalid=counts.get(False, 0), events_kept=kept_events,
+                           duplicates=run.rows_rejected - counts.get(False, 0),
+                           events_version=events.version, rejects_version=written.version)
     return run.details | {"rows_in": run.rows_in, "rows_out": run.rows_out,
                           "rows_rejected": run.rows_rejected}
 
 
-def sessionize(ctx: Context) -> dict:
-    """``events`` into ``sessions``; every event lands in exactly one session."""
+def _keep_unread(ctx: Context, source: str, read: list[str], old, new, rejects, run_id: str):
+    """An incremental ingest's tables: the events and rejects of the files not read again, plus the
+    new ones; events seen before in a kept file become rejects. Returns the new events and rejects
+    tables of ``source``, the users whose events change, and how many rows were kept."""
+    kept = old.where(~_from_files(F.col("src_file"), read))
+    earlier = ctx.lake.read("rejects").where(
+        (F.col("stage") == "ingest") & (F.col("source") == source) & ~_from_files(F.col("file"), read))
+    rejects = rejects.unionByName(ingest_lib.seen_before(new, kept, run_id, ctx.config.ingest))
+    new = new.join(kept.select("event_id"), "event_id", "left_anti")
+    replaced = old.where(_from_files(F.col("src_file"), read))
+    changed = new.select("user_id").unionByName(replaced.select("user_id"))
+    return (kept.unionByName(new), earlier.unionByName(rejects.select(*earlier.columns)), changed,
+            kept.count(), earlier.count())
+
+
+def _from_files(column, paths: list[str]):
+    """Whether a provenance column names one of ``paths`` (parquet gives ``file:`` URIs)."""
+    return F.regexp_replace(column, "^file:(//)?", "").isin(paths)
+
+
+def _ledger(ctx: Context, source: str):
+    import pandas as pd
+
+    if not ctx.lake.exists("ingested_files"):
+        return pd.DataFrame(columns=["file", "size", "modified", "export_date"])
+    return ctx.lake.read("ingested_files").where(F.col("source") == source).toPandas()
+
+
+def _record_files(ctx: Context, source: str, chosen: list, ledger, run_id: str, keep_unread: bool) -> None:
+    """The ledger of this source: the files read now, and (incrementally) those kept from before."""
+    import pandas as pd
+
+    from beha2vec.tables import INGESTED_FILES
+
+    rows = [(source, f.path, f.size, f.modified, f.export_date, run_id) for f in chosen]
+    if keep_unread:
+        read = {f.path for f in chosen}
+        rows += [(source, r.file, int(r.size), r.modified.to_pydatetime(),
+                  None if pd.isna(r.export_date) else r.export_date, r.run_id)
+                 for r in ledger.itertuples() if r.file not in read]
+    ctx.lake.write(ctx.spark.createDataFrame(rows, INGESTED_FILES), "ingested_files",
+                   replace={"source": source})
+
+
+def _record_changed_users(ctx: Context, users, source: str, run_id: str) -> None:
+    """Add the users whose events change to ``changed_users``, for the next sessionize."""
+    rows = users.distinct().select(F.lit(source).alias("source"), "user_id", F.lit(run_id).alias("run_id"))
+    ctx.lake.write(rows, "changed_users", mode="append")
+
+
+def sessionize(ctx: Context, incremental: bool = False) -> dict:
+    """``events`` into ``sessions``; every event lands in exactly one session.
+
+    ``incremental`` recomputes the sessions of the users in ``changed_users`` only (all their
+    sessions, so numbering and gaps across days stay those of a full run) and keeps everyone
+    else's; either way ``changed_users`` is emptied afterwards.
+    """
+    from beha2vec.tables import CHANGED_USERS
+
     conf = ctx.config.sessionize
     validate_sessionize(conf)
     with recorded(ctx.lake, ctx.config, "sessionize") as run:
         events = ctx.lake.read("events")
+        changed = None
+        if incremental and ctx.lake.exists("changed_users") and ctx.lake.exists("sessions"):
+            changed = (ctx.lake.read("changed_users").select("user_id").distinct()
+                       .persist(StorageLevel.MEMORY_AND_DISK))
+            events = events.join(changed, "user_id", "left_semi")
+            run.details["users_recomputed"] = changed.count()
         run.rows_in = events.count()
-        written = ctx.lake.write(sessionize_events(events, conf), "sessions")
-        stats = ctx.lake.read("sessions").agg(
+        sessions = sessionize_events(events, conf)
+        if changed is not None:
+            sessions = ctx.lake.read("sessions").join(changed, "user_id", "left_anti").unionByName(sessions)
+        written = ctx.lake.write(sessions, "sessions")
+        scope = ctx.lake.read("sessions")
+        if changed is not None:
+            scope = scope.join(changed, "user_id", "left_semi")
+        stats = scope.agg(
             F.sum("n_events").alias("events"), F.count(F.lit(1)).alias("sessions"),
             F.sum(F.col("is_bot").cast("long")).alias("bot_sessions"),
             F.sum(F.col("is_capped").cast("long")).alias("capped_sessions"),
             F.sum(F.col("text_truncated").cast("long")).alias("truncated_texts"),
         ).first()
+        if changed is not None:
+            changed.unpersist()
+        ctx.lake.write(ctx.spark.createDataFrame([], CHANGED_USERS), "changed_users")
         run.rows_out = int(stats["events"] or 0)
         run.details.update({k: int(stats[k] or 0) for k in
                             ("sessions", "bot_sessions", "capped_sessions", "truncated_texts")},
-                           sessions_version=written.version)
+                           sessions_version=written.version, incremental=changed is not None)
     return run.details | {"rows_in": run.rows_in, "rows_out": run.rows_out}
 
 

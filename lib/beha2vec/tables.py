@@ -275,6 +275,21 @@ LLM_CACHE = _s(
     ("created_at", T.TimestampType()),
 )
 
+INGESTED_FILES = _s(
+    ("source", T.StringType()),
+    ("file", T.StringType()),
+    ("size", T.LongType()),
+    ("modified", T.TimestampType()),
+    ("export_date", T.DateType()),
+    ("run_id", T.StringType()),
+)
+
+CHANGED_USERS = _s(
+    ("source", T.StringType()),
+    ("user_id", T.StringType()),
+    ("run_id", T.StringType()),
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -283,6 +298,10 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("rejects", REJECTS, "every input record that did not become an event, with why",
                   partition_by=("stage", "source")),
         TableSpec("sessions", SESSIONS, "per-user visit sequences cut by inactivity or session id"),
+        TableSpec("ingested_files", INGESTED_FILES, "every input file ingested: size, time, export date",
+                  partition_by=("source",)),
+        TableSpec("changed_users", CHANGED_USERS,
+                  "users whose events an ingest changed since the last sessionize"),
         TableSpec("runs", RUNS, "one row per stage run, with conserved row counts"),
         TableSpec("session_features", SESSION_FEATURES, "behavioural features of each session"),
         TableSpec("session_embeddings", SESSION_EMBEDDINGS,

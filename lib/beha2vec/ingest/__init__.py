@@ -39,6 +39,13 @@ FOLDER_MATCH = {
 }
 
 
+def resolve_inputs(source: str, patterns: list[str]) -> list[str]:
+    """The input files of ``source`` that ``patterns`` name, in a stable order."""
+    if source not in SOURCES:
+        raise InputError(f"unknown source '{source}'; choose one of {', '.join(SOURCES)}")
+    return resolve_paths(patterns, FOLDER_MATCH[source])
+
+
 def read_candidates(spark: SparkSession, source: str, patterns: list[str], conf: IngestConfig) -> DataFrame:
     """One candidate row per input record of ``source``, with provenance and text fields."""
     if source not in SOURCES:
@@ -131,6 +138,20 @@ def to_events(collapsed: DataFrame, conf: IngestConfig, derive_durations: bool) 
     if derive_durations:
         events = normalize.derive_durations(events, conf.duration_cap_s)
     return events.select(*EVENTS.fieldNames())
+
+
+def seen_before(events: DataFrame, kept: DataFrame, run_id: str, conf: IngestConfig) -> DataFrame:
+    """Rejects for the ``events`` that ``kept`` (events of files ingested before) already holds."""
+    first = kept.select("event_id", F.col("src_file").alias("first_file")).dropDuplicates(["event_id"])
+    event_cols = [c for c in EVENTS.fieldNames() if c not in ("src_file", "src_line")]
+    return events.join(first, "event_id").select(
+        F.lit(run_id).alias("run_id"), F.lit("ingest").alias("stage"), "source",
+        F.col("src_file").alias("file"), F.col("src_line").alias("line"),
+        F.lit(None).cast("long").alias("offset"),
+        F.substring(F.to_json(F.struct(*event_cols)), 1, conf.reject_raw_chars).alias("raw"),
+        F.concat(F.lit("exact duplicate of event "), F.col("event_id"), F.lit(", ingested before from "),
+                 F.col("first_file")).alias("reason"),
+    )
 
 
 def to_rejects(typed: DataFrame, collapsed: DataFrame, run_id: str, conf: IngestConfig) -> DataFrame:
