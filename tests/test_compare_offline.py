@@ -3,60 +3,10 @@
 from __future__ import annotations
 
 import pandas as pd
+import profile_rows as pr
 import pytest
 
 from beha2vec.compare_offline import Comparison, compare_all
-
-COLUMNS = ["model", "algorithm", "k", "cluster", "is_small", "users", "facet", "key", "value", "share",
-           "base_share", "lift", "rank"]
-WEEK = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-
-
-def _row(cluster: int, facet: str, key: str, *, value=None, share=None, base=None, rank=None,
-         users: int = 100, small: bool = False) -> dict:
-    lift = share / base if share is not None and base else None
-    return dict(model="combined", algorithm="kmeans", k=4, cluster=cluster, is_small=small, users=users,
-                facet=facet, key=key, value=value, share=share, base_share=base, lift=lift, rank=rank)
-
-
-def _visits(cluster: int, facet: str, keys: dict[str, tuple[float, float]], **kw) -> list[dict]:
-    """Rows of ``facet`` (share, base share per key) and of ``facet_distinctive``, ranked as profile ranks."""
-    by_share = sorted(keys, key=lambda k: (-keys[k][0], k))
-    by_lift = sorted(keys, key=lambda k: (-keys[k][0] / keys[k][1], -keys[k][0], k))
-    return ([_row(cluster, facet, k, share=keys[k][0], base=keys[k][1], rank=i + 1, **kw)
-             for i, k in enumerate(by_share)]
-            + [_row(cluster, f"{facet}_distinctive", k, share=keys[k][0], base=keys[k][1], rank=i + 1, **kw)
-               for i, k in enumerate(by_lift)])
-
-
-def _hours(cluster: int, peaks: dict[int, float], **kw) -> list[dict]:
-    """Hour rows against a flat baseline: ``peaks`` hours get their share, the others share the rest."""
-    rest = (1 - sum(peaks.values())) / (24 - len(peaks))
-    return [_row(cluster, "hour", str(h), share=peaks.get(h, rest), base=1 / 24, rank=h + 1, **kw)
-            for h in range(24)]
-
-
-def _weekdays(cluster: int, weekend: float, **kw) -> list[dict]:
-    """Weekday rows with ``weekend`` as the Saturday + Sunday share, against a flat baseline."""
-    shares = [(1 - weekend) / 5] * 5 + [weekend / 2] * 2
-    return [_row(cluster, "weekday", day, share=s, base=1 / 7, rank=i + 1, **kw)
-            for i, (day, s) in enumerate(zip(WEEK, shares, strict=True))]
-
-
-def _shares(cluster: int, facet: str, shares: dict[str, float], base: dict[str, float], **kw) -> list[dict]:
-    """Rows of a facet of shares of users (device, country), ranked by share."""
-    ranked = sorted(shares, key=lambda k: (-shares[k], k))
-    return [_row(cluster, facet, k, share=shares[k], base=base.get(k), rank=i + 1, **kw)
-            for i, k in enumerate(ranked)]
-
-
-def _summary(cluster: int, values: dict[str, float], **kw) -> list[dict]:
-    return [_row(cluster, "summary", k, value=v, **kw) for k, v in values.items()]
-
-
-def _frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=COLUMNS)
-
 
 BASE_SUMMARY = {"users": 1000, "sessions": 5000, "sessions_per_user": 5.0, "page_views_per_session": 5.0,
                 "median_session_duration_s": 300.0, "mean_session_duration_s": 420.0,
@@ -73,9 +23,9 @@ def _with(**changes: float) -> dict[str, float]:
 def _cluster(cluster: int, visits: dict[str, tuple[float, float]], hours: dict[int, float], weekend: float,
              devices: dict[str, float] = DEVICES, **summary: float) -> list[dict]:
     users = int(summary.pop("users", 100))
-    return (_summary(cluster, _with(users=users, **summary), users=users) + _visits(cluster, "unit", visits)
-            + _hours(cluster, hours) + _weekdays(cluster, weekend)
-            + _shares(cluster, "device_category", devices, DEVICES))
+    return (pr.summary(cluster, _with(users=users, **summary), users=users)
+            + pr.visits(cluster, "unit", visits) + pr.hours(cluster, hours) + pr.weekdays(cluster, weekend)
+            + pr.shares(cluster, "device_category", devices, DEVICES))
 
 
 def _baseline() -> list[dict]:
@@ -100,9 +50,9 @@ NEWS_TWIN = dict(visits={"/news/world/a-1": (0.24, 0.07), "/news/world/b-2": (0.
 
 def _profile() -> pd.DataFrame:
     rows = (_baseline() + _cluster(1, **STREAMERS) + _cluster(2, **NEWS_TWIN) + _cluster(3, **NEWS)
-            + _summary(4, _with(purchase_rate=0.9), users=3, small=True)
-            + _visits(4, "unit", {"/help/returns": (0.9, 0.01)}, users=3, small=True))
-    return _frame(rows)
+            + pr.summary(4, _with(purchase_rate=0.9), users=3, small=True)
+            + pr.visits(4, "unit", {"/help/returns": (0.9, 0.01)}, users=3, small=True))
+    return pr.frame(rows)
 
 
 def _by_pair(comparisons: list[Comparison]) -> dict[tuple[int, int], Comparison]:
@@ -162,7 +112,7 @@ def test_behaviour_time_and_device_differences_pass_only_their_thresholds():
                        purchase_rate=0.12, page_views_per_session=9.0, sessions_per_user=5.5)
             + _cluster(2, BASE_VISITS, {}, 0.20, devices={"desktop": 0.3, "mobile": 0.62, "tablet": 0.08},
                        purchase_rate=0.02, page_views_per_session=4.0, sessions_per_user=5.0))
-    result = compare_all(_frame(rows), categories={})[0]
+    result = compare_all(pr.frame(rows), categories={})[0]
     assert set(result.evidence) == {
         "purchase rate: 12% vs 2.0%", "pages per session: 9.0 vs 4.0",
         "weekend: 40% of session starts vs 20%", "device desktop: 80% of users vs 30%",
@@ -177,15 +127,15 @@ def test_behaviour_time_and_device_differences_pass_only_their_thresholds():
 def test_domains_are_named_with_their_categories():
     visits = {"youtube.com": (0.30, 0.10), "google.com": (0.20, 0.20), "bbc.co.uk": (0.05, 0.10)}
     others = {"bbc.co.uk": (0.35, 0.10), "google.com": (0.20, 0.20), "youtube.com": (0.04, 0.10)}
-    rows = (_baseline() + _summary(1, BASE_SUMMARY) + _visits(1, "domain", visits)
-            + _summary(2, BASE_SUMMARY) + _visits(2, "domain", others))
-    result = compare_all(_frame(rows), categories={"youtube.com": "video", "bbc.co.uk": "news"})[0]
+    rows = (_baseline() + pr.summary(1, BASE_SUMMARY) + pr.visits(1, "domain", visits)
+            + pr.summary(2, BASE_SUMMARY) + pr.visits(2, "domain", others))
+    result = compare_all(pr.frame(rows), categories={"youtube.com": "video", "bbc.co.uk": "news"})[0]
     assert result.evidence[:2] == ("news site bbc.co.uk: 5.0% of visits vs 35%",
                                    "video site youtube.com: 30% of visits vs 4.0%")
     assert result.summary == ("Cluster 2 visits news site bbc.co.uk more (35% of visits vs 5.0%), while "
                               "Cluster 1 visits video site youtube.com more (30% of visits vs 4.0%).")
-    assert compare_all(_frame(rows)) == [result]  # the bundled map knows both
-    bare = compare_all(_frame(rows), categories={})[0]
+    assert compare_all(pr.frame(rows)) == [result]  # the bundled map knows both
+    bare = compare_all(pr.frame(rows), categories={})[0]
     assert bare.evidence[:2] == ("bbc.co.uk: 5.0% of visits vs 35%", "youtube.com: 30% of visits vs 4.0%")
 
 
@@ -212,8 +162,8 @@ def test_near_identical_clusters_are_said_to_differ_little_with_their_largest_di
 
 
 def test_a_profile_with_only_sizes_still_compares_honestly():
-    rows = _summary(-1, {"users": 10.0}) + _summary(1, {"users": 6.0}) + _summary(2, {"users": 4.0})
-    result = compare_all(_frame(rows), categories={})[0]
+    rows = pr.summary(-1, {"users": 10.0}) + pr.summary(1, {"users": 6.0}) + pr.summary(2, {"users": 4.0})
+    result = compare_all(pr.frame(rows), categories={})[0]
     assert result == Comparison(1, 2, "Cluster 1 and Cluster 2 differ little in these numbers; the largest "
                                       "differences are users (6 vs 4).", ("users: 6 vs 4",))
 
@@ -222,12 +172,12 @@ def test_query_strings_and_email_addresses_are_never_emitted():
     leaky = {"/search?q=john.doe@example.com": (0.30, 0.05), "/jane@example.org/inbox": (0.30, 0.01),
              "/account?token=s3cr3t#frag": (0.20, 0.02), "jane%40example.org": (0.25, 0.01)}
     countries = {"bob@example.net": 0.6, "Côte d'Ivoire?token=abc": 0.3, "France": 0.1}
-    rows = (_baseline() + _summary(1, BASE_SUMMARY) + _visits(1, "unit", leaky)
-            + _shares(1, "country", countries, countries)
-            + _summary(2, BASE_SUMMARY)
-            + _visits(2, "unit", {"/news/world/a-1": (0.5, 0.07), "/": (0.02, 0.12)})
-            + _shares(2, "country", {"France": 0.9, "Côte d'Ivoire": 0.02}, countries))
-    result = compare_all(_frame(rows), categories={})[0]
+    rows = (_baseline() + pr.summary(1, BASE_SUMMARY) + pr.visits(1, "unit", leaky)
+            + pr.shares(1, "country", countries, countries)
+            + pr.summary(2, BASE_SUMMARY)
+            + pr.visits(2, "unit", {"/news/world/a-1": (0.5, 0.07), "/": (0.02, 0.12)})
+            + pr.shares(2, "country", {"France": 0.9, "Côte d'Ivoire": 0.02}, countries))
+    result = compare_all(pr.frame(rows), categories={})[0]
     text = " ".join([result.summary, *result.evidence])
     for leak in ("@", "%40", "?", "=", "#", "example", "john", "jane", "bob", "token", "s3cr3t", "frag"):
         assert leak not in text
@@ -236,10 +186,10 @@ def test_query_strings_and_email_addresses_are_never_emitted():
 
 
 def test_a_topic_a_cluster_does_not_list_is_compared_only_where_its_least_listed_share_bounds_it():
-    rows = (_baseline() + _summary(1, BASE_SUMMARY) + _summary(2, BASE_SUMMARY)
-            + _visits(1, "unit", {"/sale/a": (0.30, 0.05), "/news/world/a-1": (0.10, 0.07)})
-            + _visits(2, "unit", {"/news/world/a-1": (0.50, 0.07), "/cart": (0.40, 0.05)}))
-    result = compare_all(_frame(rows), categories={})[0]
+    rows = (_baseline() + pr.summary(1, BASE_SUMMARY) + pr.summary(2, BASE_SUMMARY)
+            + pr.visits(1, "unit", {"/sale/a": (0.30, 0.05), "/news/world/a-1": (0.10, 0.07)})
+            + pr.visits(2, "unit", {"/news/world/a-1": (0.50, 0.07), "/cart": (0.40, 0.05)}))
+    result = compare_all(pr.frame(rows), categories={})[0]
     # cluster 2 may visit sale pages as much as its least listed key, 40%: nothing to say about them
     assert not any("sale" in e for e in result.evidence) and "sale" not in result.summary
     assert result.evidence[0] == "news world pages: 10% of visits vs 50%"

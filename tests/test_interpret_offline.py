@@ -8,60 +8,12 @@ import re
 from urllib.parse import urlsplit
 
 import pandas as pd
+import profile_rows as pr
 import pytest
 
 from beha2vec.features import load_categories
 from beha2vec.interpret_offline import Interpretation, interpret_all, interpret_cluster
 from beha2vec.synth import PERSONAS, synth
-
-COLUMNS = ["model", "algorithm", "k", "cluster", "is_small", "users", "facet", "key", "value", "share",
-           "base_share", "lift", "rank"]
-WEEK = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-
-
-# ---------------------------------------------------------------------------------------------
-# Building profile rows by hand.
-# ---------------------------------------------------------------------------------------------
-
-
-def _row(cluster: int, facet: str, key: str, *, value=None, share=None, base=None, rank=None,
-         users: int = 100, small: bool = False) -> dict:
-    lift = share / base if share is not None and base else None
-    return dict(model="combined", algorithm="kmeans", k=4, cluster=cluster, is_small=small, users=users,
-                facet=facet, key=key, value=value, share=share, base_share=base, lift=lift, rank=rank)
-
-
-def _visits(cluster: int, facet: str, keys: dict[str, tuple[float, float]], **kw) -> list[dict]:
-    """Rows of ``facet`` (share, base share per key) and of ``facet_distinctive``, ranked as profile ranks."""
-    by_share = sorted(keys, key=lambda k: (-keys[k][0], k))
-    by_lift = sorted(keys, key=lambda k: (-keys[k][0] / keys[k][1], -keys[k][0], k))
-    return ([_row(cluster, facet, k, share=keys[k][0], base=keys[k][1], rank=i + 1, **kw)
-             for i, k in enumerate(by_share)]
-            + [_row(cluster, f"{facet}_distinctive", k, share=keys[k][0], base=keys[k][1], rank=i + 1, **kw)
-               for i, k in enumerate(by_lift)])
-
-
-def _hours(cluster: int, peaks: dict[int, float], **kw) -> list[dict]:
-    """Hour rows against a flat baseline: ``peaks`` hours get their share, the others share the rest."""
-    rest = (1 - sum(peaks.values())) / (24 - len(peaks))
-    return [_row(cluster, "hour", str(h), share=peaks.get(h, rest), base=1 / 24, rank=h + 1, **kw)
-            for h in range(24)]
-
-
-def _weekdays(cluster: int, weekend: float, **kw) -> list[dict]:
-    """Weekday rows with ``weekend`` as the Saturday + Sunday share, against a flat baseline."""
-    shares = [(1 - weekend) / 5] * 5 + [weekend / 2] * 2
-    return [_row(cluster, "weekday", day, share=s, base=1 / 7, rank=i + 1, **kw)
-            for i, (day, s) in enumerate(zip(WEEK, shares, strict=True))]
-
-
-def _summary(cluster: int, values: dict[str, float], **kw) -> list[dict]:
-    return [_row(cluster, "summary", k, value=v, **kw) for k, v in values.items()]
-
-
-def _frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=COLUMNS)
-
 
 BASE_SUMMARY = {"users": 1000, "sessions": 5000, "sessions_per_user": 5.0, "page_views_per_session": 5.0,
                 "median_session_duration_s": 300.0, "mean_session_duration_s": 420.0,
@@ -77,31 +29,32 @@ def _ga4_profile() -> pd.DataFrame:
     """Three GA4-like clusters (news in the morning, sales in the evening, video late at night) and a
     small one, with the baseline."""
     rows = (
-        _summary(-1, BASE_SUMMARY, users=1000) + _hours(-1, {}) + _weekdays(-1, 2 / 7)
-        + _visits(-1, "unit", {"/": (0.12, 0.12), "/news/world/a-1": (0.07, 0.07)})
+        pr.summary(-1, BASE_SUMMARY, users=1000) + pr.hours(-1, {}) + pr.weekdays(-1, 2 / 7)
+        + pr.visits(-1, "unit", {"/": (0.12, 0.12), "/news/world/a-1": (0.07, 0.07)})
         # news readers, weekday mornings, long sessions, few purchases
-        + _summary(0, _with(median_session_duration_s=620.0, page_views_per_session=5.5,
+        + pr.summary(0, _with(median_session_duration_s=620.0, page_views_per_session=5.5,
                             engagement_s_per_session=150.0, purchase_rate=0.01))
-        + _hours(0, {7: 0.15, 8: 0.15}) + _weekdays(0, 0.15)
-        + _visits(0, "unit", {"/news/world/a-1": (0.20, 0.07), "/news/world/b-2": (0.12, 0.04),
+        + pr.hours(0, {7: 0.15, 8: 0.15}) + pr.weekdays(0, 0.15)
+        + pr.visits(0, "unit", {"/news/world/a-1": (0.20, 0.07), "/news/world/b-2": (0.12, 0.04),
                               "/news/business/c-3": (0.18, 0.06), "/": (0.15, 0.12),
                               "/sale/flash-deals": (0.02, 0.10)})
         # bargain hunters, weekend evenings, buyers with many pages per session
-        + _summary(1, _with(median_session_duration_s=320.0, page_views_per_session=9.0, purchase_rate=0.12))
-        + _hours(1, {18: 0.06, 19: 0.12, 20: 0.12, 21: 0.12}) + _weekdays(1, 0.40)
-        + _visits(1, "unit", {"/sale/flash-deals": (0.25, 0.08), "/sale/outlet": (0.10, 0.03),
+        + pr.summary(1, _with(median_session_duration_s=320.0, page_views_per_session=9.0,
+                              purchase_rate=0.12))
+        + pr.hours(1, {18: 0.06, 19: 0.12, 20: 0.12, 21: 0.12}) + pr.weekdays(1, 0.40)
+        + pr.visits(1, "unit", {"/sale/flash-deals": (0.25, 0.08), "/sale/outlet": (0.10, 0.03),
                               "/product/blue-shirt-sku-a00001": (0.08, 0.04), "/cart": (0.06, 0.03)})
         # streamers, late at night, long sessions of few pages
-        + _summary(2, _with(median_session_duration_s=900.0, page_views_per_session=2.5,
+        + pr.summary(2, _with(median_session_duration_s=900.0, page_views_per_session=2.5,
                             engagement_s_per_session=600.0, purchase_rate=0.04))
-        + _hours(2, {22: 0.08, 23: 0.15, 0: 0.15, 1: 0.12}) + _weekdays(2, 0.30)
-        + _visits(2, "unit", {"/video/show-a-episode-1": (0.30, 0.08),
+        + pr.hours(2, {22: 0.08, 23: 0.15, 0: 0.15, 1: 0.12}) + pr.weekdays(2, 0.30)
+        + pr.visits(2, "unit", {"/video/show-a-episode-1": (0.30, 0.08),
                               "/video/show-b-episode-2": (0.15, 0.04), "/live/late-night": (0.25, 0.06)})
         # a small cluster: profiled, never interpreted
-        + _summary(3, _with(purchase_rate=0.5), users=4, small=True)
-        + _visits(3, "unit", {"/help/returns-1": (0.5, 0.01)}, users=4, small=True)
+        + pr.summary(3, _with(purchase_rate=0.5), users=4, small=True)
+        + pr.visits(3, "unit", {"/help/returns-1": (0.5, 0.01)}, users=4, small=True)
     )
-    return _frame(rows)
+    return pr.frame(rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,10 +114,10 @@ def test_one_cluster_can_be_interpreted_alone_and_an_unknown_one_fails():
 
 
 def test_a_second_segment_names_the_topic_only_where_paths_go_deeper_below_it():
-    rows = (_summary(-1, BASE_SUMMARY) + _summary(0, BASE_SUMMARY)
-            + _visits(0, "unit", {"/category/electronics": (0.30, 0.10), "/account/orders": (0.20, 0.02),
+    rows = (pr.summary(-1, BASE_SUMMARY) + pr.summary(0, BASE_SUMMARY)
+            + pr.visits(0, "unit", {"/category/electronics": (0.30, 0.10), "/account/orders": (0.20, 0.02),
                                   "/category/electronics/men": (0.10, 0.02)}))
-    result = interpret_cluster(_frame(rows), 0, {})
+    result = interpret_cluster(pr.frame(rows), 0, {})
     assert result.summary.startswith(
         "Users who visit category electronics and account pages (≥60% of their visits, 4.3× all users)")
     assert result.keywords[:2] == ["category electronics", "account"]
@@ -173,13 +126,13 @@ def test_a_second_segment_names_the_topic_only_where_paths_go_deeper_below_it():
 def test_a_frequent_over_represented_topic_outranks_rare_pages_of_higher_lift():
     """Long-tail product pages top the list by lift; the much visited category pages, with a clear lift
     of their own, still name the cluster, as share × ln(lift) ranks them first."""
-    rows = (_summary(-1, BASE_SUMMARY) + _summary(0, BASE_SUMMARY)
-            + [_row(0, "unit_distinctive", f"/product/item-sku-a{i}", share=0.004, base=0.0005, rank=i + 1)
+    rows = (pr.summary(-1, BASE_SUMMARY) + pr.summary(0, BASE_SUMMARY)
+            + [pr.row(0, "unit_distinctive", f"/product/item-sku-a{i}", share=0.004, base=0.0005, rank=i + 1)
                for i in range(10)]
-            + [_row(0, "unit", "/category/apparel/men", share=0.12, base=0.03, rank=1),
-               _row(0, "unit", "/", share=0.10, base=0.09, rank=2),
-               _row(0, "unit", "/category/apparel", share=0.08, base=0.02, rank=3)])
-    result = interpret_cluster(_frame(rows), 0, {})
+            + [pr.row(0, "unit", "/category/apparel/men", share=0.12, base=0.03, rank=1),
+               pr.row(0, "unit", "/", share=0.10, base=0.09, rank=2),
+               pr.row(0, "unit", "/category/apparel", share=0.08, base=0.02, rank=3)])
+    result = interpret_cluster(pr.frame(rows), 0, {})
     assert result.summary.startswith(
         "Users who visit category apparel pages (≥20% of their visits, 4.0× all users)")
     assert result.keywords == ["category apparel", "product", "any time"]
@@ -191,12 +144,12 @@ def test_a_frequent_over_represented_topic_outranks_rare_pages_of_higher_lift():
 
 
 def _web_profile() -> pd.DataFrame:
-    rows = (_summary(-1, BASE_SUMMARY) + _hours(-1, {}) + _summary(0, BASE_SUMMARY) + _hours(0, {})
-            + _visits(-1, "domain", {"youtube.com": (0.10, 0.10)})
-            + _visits(0, "domain", {"youtube.com": (0.30, 0.10), "netflix.com": (0.20, 0.05),
+    rows = (pr.summary(-1, BASE_SUMMARY) + pr.hours(-1, {}) + pr.summary(0, BASE_SUMMARY) + pr.hours(0, {})
+            + pr.visits(-1, "domain", {"youtube.com": (0.10, 0.10)})
+            + pr.visits(0, "domain", {"youtube.com": (0.30, 0.10), "netflix.com": (0.20, 0.05),
                                     "twitch.tv": (0.10, 0.04), "obscure-streams.net": (0.05, 0.01),
                                     "google.com": (0.10, 0.15)}))
-    return _frame(rows)
+    return pr.frame(rows)
 
 
 def test_domains_are_named_with_the_bundled_categories():
@@ -224,27 +177,28 @@ def test_the_bundled_map_is_the_default_and_another_map_is_followed():
 
 def test_without_time_facets_or_engagement_there_is_still_a_sentence_and_three_keywords():
     no_engagement = {k: v for k, v in BASE_SUMMARY.items() if not k.startswith("engagement")}
-    rows = (_summary(-1, no_engagement) + _summary(0, no_engagement | {"median_session_duration_s": 100.0})
-            + _visits(0, "unit", {"frontpage": (0.5, 0.3), "on-air": (0.2, 0.05)}))
-    result = interpret_cluster(_frame(rows), 0, {})
+    longer = no_engagement | {"median_session_duration_s": 100.0}
+    rows = (pr.summary(-1, no_engagement) + pr.summary(0, longer)
+            + pr.visits(0, "unit", {"frontpage": (0.5, 0.3), "on-air": (0.2, 0.05)}))
+    result = interpret_cluster(pr.frame(rows), 0, {})
     assert result.summary == ("Users who visit on air and frontpage pages (≥70% of their visits, "
                               "2.0× all users), with short sessions (median 100 s, 0.3× all users).")
     assert result.keywords == ["on air", "frontpage", "quick visits"]
 
 
 def test_a_profile_with_almost_nothing_falls_back_to_plain_words():
-    rows = _summary(-1, {"users": 10.0}) + _summary(0, {"users": 5.0})
-    result = interpret_cluster(_frame(rows), 0, {})
+    rows = pr.summary(-1, {"users": 10.0}) + pr.summary(0, {"users": 5.0})
+    result = interpret_cluster(pr.frame(rows), 0, {})
     assert result.summary == ("Users with no clearly distinctive pages or sites, "
                               "at ordinary hours and with typical sessions.")
     assert result.keywords == ["no clear topic", "any time", "typical sessions"]
 
 
 def test_a_weekend_lean_alone_is_named_and_a_flat_clock_is_not():
-    rows = (_summary(-1, BASE_SUMMARY) + _summary(0, BASE_SUMMARY) + _hours(-1, {}) + _hours(0, {})
-            + _weekdays(-1, 2 / 7) + _weekdays(0, 0.5)
-            + _visits(0, "unit", {"/sale/x": (0.3, 0.1)}))
-    result = interpret_cluster(_frame(rows), 0, {})
+    rows = (pr.summary(-1, BASE_SUMMARY) + pr.summary(0, BASE_SUMMARY) + pr.hours(-1, {}) + pr.hours(0, {})
+            + pr.weekdays(-1, 2 / 7) + pr.weekdays(0, 0.5)
+            + pr.visits(0, "unit", {"/sale/x": (0.3, 0.1)}))
+    result = interpret_cluster(pr.frame(rows), 0, {})
     assert result.summary == ("Users who visit sale pages (≥30% of their visits, 3.0× all users), "
                               "mostly at weekends.")
     assert result.keywords == ["sale", "weekend", "typical sessions"]
@@ -256,13 +210,13 @@ def test_a_weekend_lean_alone_is_named_and_a_flat_clock_is_not():
 
 
 def test_query_strings_and_email_addresses_are_never_emitted():
-    rows = (_summary(-1, BASE_SUMMARY) + _summary(0, BASE_SUMMARY)
-            + _visits(0, "unit", {"/search?q=john.doe@example.com": (0.20, 0.05),
+    rows = (pr.summary(-1, BASE_SUMMARY) + pr.summary(0, BASE_SUMMARY)
+            + pr.visits(0, "unit", {"/search?q=john.doe@example.com": (0.20, 0.05),
                                   "/news/world/x-1?utm_source=mail&email=a@b.co": (0.15, 0.05),
                                   "/jane@example.org/inbox": (0.30, 0.01),
                                   "jane%40example.org": (0.30, 0.01),
                                   "/user/bob@example.net/inbox/2": (0.10, 0.04)}))
-    result = interpret_cluster(_frame(rows), 0, {})
+    result = interpret_cluster(pr.frame(rows), 0, {})
     text = " ".join([result.summary, *result.keywords])
     for leak in ("@", "%40", "?", "=", "example", "john", "jane", "bob", "utm", "mail"):
         assert leak not in text
@@ -356,7 +310,7 @@ def _persona_profile(events: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     rows = pd.concat([summary, visit_rows, *time_rows], ignore_index=True)
     rows["users"] = rows["cluster"].map(users)
     rows = rows.assign(model="truth", algorithm="persona", k=len(PERSONAS), is_small=False)
-    return rows[COLUMNS]
+    return rows[pr.COLUMNS]
 
 
 @pytest.fixture(scope="module")
