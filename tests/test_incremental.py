@@ -120,6 +120,8 @@ def test_two_incremental_batches_equal_one_full_run(spark, tmp_path):
     again = stages.ingest(lake, "ga4", [str(inbox)], incremental=True)
     assert again["files_read"] == 3, "nothing new: only the files of the latest 3 export dates"
     assert _events(lake).equals(_events(full))
+    one = stages.ingest(lake, "ga4", [str(inbox / late.name)], incremental=True)
+    assert one["files_read"] == 1 and _events(lake).equals(_events(full)), "files not named keep their events"
 
 
 def test_incremental_ingest_refuses_sources_whose_rows_span_files(ctx, tmp_path):

@@ -188,7 +188,8 @@ def test_ask_runs_a_sql_tool_call_and_refuses_writes(spark, llm_lake, server):
         _tool_call("c1", "SELECT cluster, count(*) AS users FROM user_clusters GROUP BY 1 ORDER BY 1"),
         {"content": "Cluster 0 has 4 users (user_clusters)."},
         _tool_call("c2", "DROP TABLE sessions"),
-        _tool_call("c3", "SELECT user_id, urls FROM sessions LIMIT 3"),
+        _tool_call("c3", "SELECT user_id, user_id AS u, coalesce(user_id, 'none') AS f, urls FROM sessions "
+                         "LIMIT 3"),
         {"content": "I cannot change tables."},
     )
     assert conversation.ask("How many users are in each cluster?") == "Cluster 0 has 4 users (user_clusters)."
@@ -199,7 +200,8 @@ def test_ask_runs_a_sql_tool_call_and_refuses_writes(spark, llm_lake, server):
     tools = [m for m in server.chat_requests()[-1].body["messages"] if m["role"] == "tool"]
     refused, rows = (json.loads(m["content"]) for m in tools[-2:])
     assert "only SELECT" in refused["error"]
-    assert all(r["user_id"].startswith("id:") for r in rows["rows"]) and "<email>" in json.dumps(rows)
+    assert all(r[c].startswith("id:") for r in rows["rows"] for c in ("user_id", "u", "f"))
+    assert "<email>" in json.dumps(rows)
     assert ctx.lake.read("sessions").count() > 0
     history = server.chat_requests()[-1].body["messages"]
     assert history[0]["role"] == "system" and "Cluster 2" in history[0]["content"]
@@ -237,10 +239,16 @@ def _tool_call(call_id: str, query: str) -> dict:
 
 def test_run_query_is_bounded_in_rows(spark, llm_lake):
     ctx = _ctx(spark, llm_lake, [])
-    frame, more = run_query(ctx.lake, "SELECT * FROM sessions", max_rows=2, timeout_s=60)
+    frame, more = run_query(ctx.lake, "SELECT * FROM sessions", max_rows=2, timeout_s=60, salt="s")
     assert len(frame) == 2 and more
     with pytest.raises(SqlError, match="unknown table 'nope'"):
-        run_query(ctx.lake, "SELECT * FROM nope", 2, 60)
+        run_query(ctx.lake, "SELECT * FROM nope", 2, 60, "s")
+    rejects, _ = run_query(ctx.lake, "SELECT source, raw FROM rejects", 5, 60, "s")
+    ids, _ = run_query(ctx.lake, "SELECT DISTINCT user_id FROM user_clusters", 20, 60, "s")
+    again, _ = run_query(ctx.lake, "SELECT DISTINCT user_id FROM sessions", 20, 60, "s")
+    assert rejects["raw"].isna().all() and set(ids["user_id"]) == set(again["user_id"]), "stable per salt"
+    other, _ = run_query(ctx.lake, "SELECT DISTINCT user_id FROM sessions", 20, 60, "t")
+    assert not set(other["user_id"]) & set(again["user_id"])
 
 
 @pytest.mark.parametrize("statement, error", [
@@ -254,6 +262,9 @@ def test_run_query_is_bounded_in_rows(spark, llm_lake):
     ("SET spark.sql.ansi.enabled=false", "only SELECT"),
     ("SELECT * FROM secrets", "unknown table"),
     ("SELEC nonsense FROM", "parse"),
+    ("WITH secrets AS (SELECT * FROM secrets) SELECT * FROM secrets", "unknown table 'secrets'"),
+    ("SELECT 1 FROM sessions JOIN (WITH secrets AS (SELECT 1) SELECT 1) x ON true JOIN secrets",
+     "unknown table"),
 ])
 def test_check_select_refuses(statement, error):
     with pytest.raises(SqlError, match=error):
@@ -262,19 +273,24 @@ def test_check_select_refuses(statement, error):
 
 def test_check_select_accepts_queries():
     tables = {"sessions", "user_clusters"}
-    for query in ("SELECT count(*) FROM sessions;",
-                  "WITH c AS (SELECT cluster FROM user_clusters) SELECT cluster, count(*) FROM c GROUP BY 1",
-                  "SELECT 1 UNION ALL SELECT 2",
-                  "SELECT s.user_id FROM sessions s JOIN user_clusters u ON s.user_id = u.user_id"):
-        assert check_select(query, tables) == query.rstrip(";")
+    accepted = {
+        "SELECT count(*) FROM sessions;": "SELECT COUNT(*) FROM sessions",
+        "WITH c AS (SELECT cluster FROM user_clusters) SELECT cluster FROM c":
+            "WITH c AS (SELECT cluster FROM user_clusters) SELECT cluster FROM c",
+        "SELECT 1 UNION ALL SELECT 2": "SELECT 1 UNION ALL SELECT 2",
+        "SELECT s.user_id FROM sessions s JOIN user_clusters u ON s.user_id = u.user_id":
+            "SELECT s.user_id FROM sessions AS s JOIN user_clusters AS u ON s.user_id = u.user_id",
+    }
+    for query, runs in accepted.items():
+        assert check_select(query, tables) == runs
 
 
-def test_safe_rows_pseudonymise_ids_and_redact_strings():
-    frame = pd.DataFrame({"user_id": ["alice-001", "alice-001", None], "n": [1, 2, 3],
-                          "path": ["/a?x=1", "/u/bob@example.com", None]})
+def test_safe_rows_redact_strings_deep_and_keep_every_column():
+    frame = pd.DataFrame([["/a?x=1", 1, ["/u/bob@example.com"], "x"], [None, 2, None, "y"]],
+                         columns=["path", "n", "urls", "path"])
     rows = safe_rows(frame)
-    assert rows[0]["user_id"] == rows[1]["user_id"] != "alice-001" and rows[2]["user_id"] is None
-    assert [r["path"] for r in rows] == ["/a", "/u/<email>", None] and rows[1]["n"] == 2
+    assert rows == [{"path": "/a", "n": 1, "urls": ["/u/<email>"], "path_2": "x"},
+                    {"path": None, "n": 2, "urls": None, "path_2": "y"}]
 
 
 def test_parse_json_finds_the_object_in_what_models_write():

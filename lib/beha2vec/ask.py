@@ -6,16 +6,17 @@ tool call runs only when :func:`check_select` accepts it: exactly one ``SELECT``
 set operation) over lake tables by their bare names, with no function that reaches outside the
 query (``reflect``, ``java_method``, file readers). At most ``ask.max_rows`` rows come back, the
 query is cancelled after ``ask.query_timeout_s``, and at most ``ask.max_tool_calls`` calls run per
-question. Results are redacted like prompts, and id columns are replaced by stable pseudonyms, so
-no raw user id reaches the model. The history kept for the next question is cut, oldest turns
+question. Queries run over views in which id columns hold salted pseudonyms and rejected raw
+records are empty (:func:`register_safe_views`), and results are redacted like prompts, so no raw
+user id reaches the model. The history kept for the next question is cut, oldest turns
 first, to ``ask.history_tokens``.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
+import secrets
 import threading
 import uuid
 from collections.abc import Callable
@@ -23,16 +24,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+from pyspark.sql import functions as F
 
 from beha2vec.config import Config
 from beha2vec.lake import Lake
 from beha2vec.llm import policy, prompt_tokens, validate
 from beha2vec.openai_api import Malformed, api_key, call_with_retries, client
 from beha2vec.redact import redact
-from beha2vec.sql import SqlError, register_views
+from beha2vec.sql import SqlError
 
 BLOCKED_FUNCTIONS = {"reflect", "java_method", "try_reflect", "read_files", "input_file_name"}
-ID_COLUMNS = {"user_id", "session_id", "event_id", "panelist_id", "transaction_id", "ga_session_id"}
+ID_COLUMNS = {"user_id", "session_id", "event_id", "panelist_id", "transaction_id", "ga_session_id",
+              "first_event_id"}
+HIDDEN_COLUMNS = {"raw"}
 TOOL = {
     "type": "function",
     "function": {
@@ -56,9 +60,14 @@ SYSTEM = (
 
 
 def check_select(statement: str, tables: set[str]) -> str:
-    """The statement without a trailing ``;`` if it is one read-only query over ``tables``, else SqlError."""
+    """The query as Spark SQL if it is one read-only query over ``tables``, else SqlError.
+
+    What runs is the parsed query written back out, so what was checked is what Spark sees. Every
+    table a scope reads must be a lake table: a CTE may not stand in for another table's name.
+    """
     import sqlglot
     from sqlglot import exp
+    from sqlglot.optimizer.scope import traverse_scope
 
     text = statement.strip().rstrip(";").strip()
     try:
@@ -76,25 +85,48 @@ def check_select(statement: str, tables: set[str]) -> str:
             raise SqlError(f"'{table.sql(dialect='spark')}': only lake tables, by bare name, can be read")
         if table.name not in tables and table.name not in named:
             raise SqlError(f"unknown table '{table.name}'; lake tables: {', '.join(sorted(tables))}")
+    for scope in traverse_scope(tree):
+        for source in scope.sources.values():
+            if isinstance(source, exp.Table) and source.name not in tables:
+                raise SqlError(f"unknown table '{source.name}'; lake tables: {', '.join(sorted(tables))}")
     for func in tree.find_all(exp.Func):
         name = (func.name if isinstance(func, exp.Anonymous) else func.sql_name()).lower()
         if name in BLOCKED_FUNCTIONS:
             raise SqlError(f"function {name}() is not allowed in ask queries")
-    return text
+    return tree.sql(dialect="spark")
 
 
-def pseudonym(value: object) -> str:
-    """A stable stand-in for an id: the same id always maps to the same ``id:<10 hex>``."""
-    return "id:" + hashlib.sha256(str(value).encode()).hexdigest()[:10]
+def register_safe_views(lake: Lake, salt: str) -> list[str]:
+    """Every lake table as a temporary view in which no raw id or raw record can be selected.
+
+    Id columns hold ``id:`` + 12 hex digits of a salted SHA-256 instead (stable within one salt, so
+    joins and counts still work, and not guessable from the id without the salt); ``raw`` (the
+    rejected input records) is empty. Done in Spark, before any query, so no alias or aggregate
+    can bring an id back.
+    """
+    names = []
+    for table in lake.tables():
+        df = lake.read(table.name)
+        hidden = {c: F.concat(F.lit("id:"), F.substring(F.sha2(F.concat(F.lit(salt), F.col(c).cast("string")),
+                                                              256), 1, 12))
+                  for c in df.columns if c.lower() in ID_COLUMNS}
+        hidden |= {c: F.lit(None).cast("string") for c in df.columns if c.lower() in HIDDEN_COLUMNS}
+        df.withColumns(hidden).createOrReplaceTempView(table.name)
+        names.append(table.name)
+    return names
 
 
 def safe_rows(frame: pd.DataFrame) -> list[dict]:
-    """Rows fit to send: id columns pseudonymised, every string redacted."""
+    """Rows fit to send: every string redacted (also in arrays and structs), column names unique."""
     out = frame.copy()
+    seen: dict[str, int] = {}
+    columns = []
+    for name in out.columns:
+        seen[name] = seen.get(name, 0) + 1
+        columns.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    out.columns = columns
     for column in out.columns:
-        if column.lower() in ID_COLUMNS:
-            out[column] = [None if v is None else pseudonym(v) for v in out[column]]
-        elif out[column].dtype == object:
+        if out[column].dtype == object:
             out[column] = [_redacted(v) for v in out[column]]
     return json.loads(out.to_json(orient="records", date_format="iso", default_handler=str))
 
@@ -113,9 +145,11 @@ def _redacted(value: Any) -> Any:
     return value
 
 
-def run_query(lake: Lake, statement: str, max_rows: int, timeout_s: float) -> tuple[pd.DataFrame, bool]:
-    """At most ``max_rows`` rows of a checked query and whether more existed; cancelled after the timeout."""
-    names = set(register_views(lake))
+def run_query(lake: Lake, statement: str, max_rows: int, timeout_s: float,
+              salt: str) -> tuple[pd.DataFrame, bool]:
+    """At most ``max_rows`` rows of a checked query over the safe views, and whether more existed;
+    cancelled after the timeout."""
+    names = set(register_safe_views(lake, salt))
     text = check_select(statement, names)
     sc = lake.spark.sparkContext
     group = f"beha2vec-ask-{uuid.uuid4().hex[:8]}"
@@ -150,6 +184,7 @@ class Conversation:
     context: str
     history: list[dict] = field(default_factory=list)
     queries: list[str] = field(default_factory=list)
+    salt: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
 
     def ask(self, question: str) -> str:
         """The model's answer; tool calls run in between, at most ``ask.max_tool_calls`` of them."""
@@ -173,7 +208,9 @@ class Conversation:
                                            f"{bounds.max_tool_calls} queries for this question)")
             for call in tool_calls:
                 calls += 1
-                turn.append({"role": "tool", "tool_call_id": call.id, "content": self._tool(call)})
+                over = {"error": f"not run: ask.max_tool_calls={bounds.max_tool_calls} queries per question"}
+                result = self._tool(call) if calls <= bounds.max_tool_calls else json.dumps(over)
+                turn.append({"role": "tool", "tool_call_id": call.id, "content": result})
 
     def _tool(self, call: Any) -> str:
         bounds = self.config.ask
@@ -182,11 +219,14 @@ class Conversation:
         try:
             query = json.loads(call.function.arguments or "{}").get("query", "")
             self.queries.append(query)
-            frame, more = run_query(self.lake, query, bounds.max_rows, bounds.query_timeout_s)
-        except (SqlError, ValueError, AttributeError) as exc:
-            return json.dumps({"error": redact(str(exc))})
-        return json.dumps({"columns": list(frame.columns), "rows": safe_rows(frame), "truncated": more,
-                           "note": f"at most {bounds.max_rows} rows are returned"}, default=str)
+            frame, more = run_query(self.lake, query, bounds.max_rows, bounds.query_timeout_s, self.salt)
+            rows = safe_rows(frame)
+        except Exception as exc:  # the model gets the reason and may try another query
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return json.dumps({"error": redact(first)})
+        return json.dumps({"columns": list(rows[0]) if rows else list(frame.columns), "rows": rows,
+                           "truncated": more, "note": f"at most {bounds.max_rows} rows are returned"},
+                          default=str)
 
     def _trim(self, turn: list[dict]) -> None:
         """Drop the oldest whole questions (with their answers and tool results) past the token bound."""

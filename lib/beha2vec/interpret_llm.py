@@ -102,7 +102,7 @@ def take_sample(candidates: pd.DataFrame, cluster: int, seed: int, budget: int, 
     lines, users, used = [], set(), 0
     for text, n, user in zip(texts, counts, rows["user_id"], strict=True):
         if used + n + 1 > budget:
-            break
+            continue
         lines.append(text)
         users.add(user)
         used += n + 1

@@ -18,6 +18,7 @@ Callers redact their texts first (:mod:`beha2vec.redact`); this module only send
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -182,7 +183,13 @@ def complete_all(lake: Lake, conf: LLMConfig, requests: list[ChatRequest], parse
             on_estimate(estimate)
         _check_budget(estimate)
         results.update(_send(lake, conf, todo, parse))
-    return [results[k] for k in keys]
+    seen: set[str] = set()
+    out = []
+    for k in keys:  # a request asked twice is sent and paid once
+        repeat = k in seen
+        out.append(dataclasses.replace(results[k], cost_usd=0.0, cached=True) if repeat else results[k])
+        seen.add(k)
+    return out
 
 
 def _check_budget(estimate: Estimate) -> None:
@@ -226,10 +233,10 @@ def _send(lake: Lake, conf: LLMConfig, todo: dict[str, ChatRequest], parse: Pars
             return
         try:
             result, raw = _complete(api, conf, key, prompt_hash, request, parse)
-        except RequestFailed as exc:
+        except Exception as exc:  # any failure stops new requests; the answers so far are cached
             stop.set()
             with lock:
-                failures.append(f"{request.purpose}: {exc}")
+                failures.append(f"{request.purpose}: {key.redact(str(exc))}")
             return
         with lock:
             done[prompt_hash] = (result, raw)
@@ -265,8 +272,9 @@ def _complete(api: Any, conf: LLMConfig, key: Secret, prompt_hash: str, request:
         choice = response.choices[0] if response.choices else None
         if choice is None or choice.message is None:
             raise Malformed("the answer has no message")
-        if choice.finish_reason == "length":
-            raise Malformed(f"the answer was cut at llm.max_completion_tokens={conf.max_completion_tokens}")
+        if choice.finish_reason == "length":  # the same request would be cut again: not retried
+            raise RequestFailed(f"the answer was cut at llm.max_completion_tokens="
+                                f"{conf.max_completion_tokens}; raise it")
         content = choice.message.content or ""
         answer = parse(parse_json(content))
         usage = response.usage

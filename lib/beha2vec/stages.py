@@ -40,7 +40,8 @@ def ingest(ctx: Context, source: str, paths: list[str], incremental: bool = Fals
                              "span files)")
         files = [inc.file_state(p) for p in ingest_lib.resolve_inputs(source, paths)]
         ledger = _ledger(ctx, source)
-        chosen = inc.plan(files, ledger, conf.reingest_days) if incremental and len(ledger) else files
+        keep_unread = incremental and len(ledger) > 0  # files not read again keep their events
+        chosen = inc.plan(files, ledger, conf.reingest_days) if keep_unread else files
         run.details.update(source=source, inputs=paths, incremental=incremental, files=len(files),
                            files_read=len(chosen))
         if not chosen:
@@ -57,7 +58,7 @@ def ingest(ctx: Context, source: str, paths: list[str], incremental: bool = Fals
             rejects = ingest_lib.to_rejects(typed, collapsed, run.run_id, conf)
             old = (ctx.lake.read("events").where(F.col("source") == source)
                    if ctx.lake.exists("events") else None)
-            if old is None or chosen == files:
+            if old is None or not keep_unread:
                 changed = new.select("user_id") if old is None else new.select("user_id").unionByName(
                     old.select("user_id"))
                 kept_events = kept_rejects = 0
@@ -70,7 +71,7 @@ def ingest(ctx: Context, source: str, paths: list[str], incremental: bool = Fals
             collapsed.unpersist()
         finally:
             typed.unpersist()
-        _record_files(ctx, source, chosen, ledger, run.run_id, keep_unread=chosen != files)
+        _record_files(ctx, source, chosen, ledger, run.run_id, keep_unread=keep_unread)
         run.rows_in = counts.get(True, 0) + counts.get(False, 0)
         run.rows_out = events.rows - kept_events
         run.rows_rejected = written.rows - kept_rejects
@@ -97,8 +98,9 @@ def _keep_unread(ctx: Context, source: str, read: list[str], old, new, rejects, 
 
 
 def _from_files(column, paths: list[str]):
-    """Whether a provenance column names one of ``paths`` (parquet gives ``file:`` URIs)."""
-    return F.regexp_replace(column, "^file:(//)?", "").isin(paths)
+    """Whether a provenance column names one of ``paths`` (parquet gives URL-encoded ``file:`` URIs)."""
+    local = F.when(column.startswith("file:"), F.try_url_decode(F.regexp_replace(column, "^file:(//)?", "")))
+    return F.coalesce(local, column).isin(paths)
 
 
 def _ledger(ctx: Context, source: str):
@@ -118,7 +120,7 @@ def _record_files(ctx: Context, source: str, chosen: list, ledger, run_id: str, 
     rows = [(source, f.path, f.size, f.modified, f.export_date, run_id) for f in chosen]
     if keep_unread:
         read = {f.path for f in chosen}
-        rows += [(source, r.file, int(r.size), r.modified.to_pydatetime(),
+        rows += [(source, r.file, int(r.size), r.modified.to_pydatetime().replace(tzinfo=dt.UTC),
                   None if pd.isna(r.export_date) else r.export_date, r.run_id)
                  for r in ledger.itertuples() if r.file not in read]
     ctx.lake.write(ctx.spark.createDataFrame(rows, INGESTED_FILES), "ingested_files",
@@ -522,9 +524,9 @@ def _interpret_llm(ctx: Context, profiles, clusters: list[int], details: dict) -
     results = complete_all(ctx.lake, llm, requests, lib.parse_interpretation, on_estimate=announce)
     model, _ = load_sentence_transformer(conf.similarity_model, "cpu", 1)
     scores = {}
-    for cluster in clusters:
-        answers = [r.answer for s, r in zip(samples, results, strict=True) if s.cluster == cluster]
-        scores[cluster] = lib.consistency(answers, model.encode)
+    for cluster in clusters:  # replicates that sent the same request (an empty sample) count once
+        distinct = {r.key: r.answer for s, r in zip(samples, results, strict=True) if s.cluster == cluster}
+        scores[cluster] = lib.consistency(list(distinct.values()), model.encode)
     details.update(requests=len(results), cached=sum(r.cached for r in results),
                    cost_usd=round(sum(r.cost_usd for r in results), 6),
                    prompt_tokens=sum(r.prompt_tokens for r in results))
