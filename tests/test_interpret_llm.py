@@ -166,6 +166,19 @@ def test_a_request_failing_for_good_keeps_the_answers_that_came_back(spark, llm_
     assert len(server.requests) - before == 8, "only the requests not cached are sent again"
 
 
+def test_offline_replicates_measure_how_stable_the_words_are(spark, llm_lake):
+    ctx = _ctx(spark, llm_lake, [])
+    report = stages.interpret(ctx)
+    table = ctx.lake.read("cluster_interpretations").toPandas()
+    assert report["backend"] == "offline" and report["rows_out"] == 3
+    assert sorted(table["replicate"].unique()) == [0, 1, 2] and (table["backend"] == "offline").all()
+    assert table["consistency"].between(0, 1).all() and table["keyword_overlap"].between(0, 1).all()
+    assert (table.groupby("cluster")["consistency"].nunique() == 1).all(), "one score per cluster"
+    single = _ctx(spark, llm_lake, ["interpret.seeds=[42]"])
+    stages.interpret(single)
+    assert single.lake.read("cluster_interpretations").where("consistency IS NOT NULL").count() == 0
+
+
 def test_compare_writes_one_grounded_row_per_pair(spark, llm_lake, server):
     offline = _ctx(spark, llm_lake, [])
     report = stages.compare(offline)

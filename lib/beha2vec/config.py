@@ -267,6 +267,7 @@ class InterpretConfig:
     max_sessions_per_user: int = 20
     top_n: int = 5
     similarity_model: str = "minilm"
+    offline_sample_fraction: float = 0.8
     compare_max_pairs: int = 45
 
 

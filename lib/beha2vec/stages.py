@@ -485,12 +485,42 @@ def interpret(ctx: Context) -> dict:
 
 
 def _interpret_offline(ctx: Context, profiles) -> list[tuple]:
+    """Replicate 0 from the profile of all users; one more per further seed of ``interpret.seeds``,
+    from the profile of a seeded ``interpret.offline_sample_fraction`` of each cluster's users, so
+    the consistency says how much the words depend on which users happen to be in the data."""
+    from beha2vec.embed import load_sentence_transformer
     from beha2vec.features import load_categories
+    from beha2vec.interpret_llm import consistency
     from beha2vec.interpret_offline import OFFLINE_MODEL, interpret_all
+    from beha2vec.profile import cluster_profiles
 
-    results = interpret_all(profiles, load_categories(ctx.config.features.categories_file))
-    return [(r.cluster, 0, "offline", OFFLINE_MODEL, r.summary, list(r.keywords), 0, 0, 0.0,
-             None, None, None, None, None, None) for r in results]
+    conf = ctx.config.interpret
+    categories = load_categories(ctx.config.features.categories_file)
+    replicates = [interpret_all(profiles, categories)]
+    if len(conf.seeds) > 1 and replicates[0]:
+        members = ctx.lake.read("user_clusters").where(F.col("selected"))
+        sessions, events = ctx.lake.read("sessions"), ctx.lake.read("events")
+        keep = int(conf.offline_sample_fraction * 1000)
+        for seed in conf.seeds[1:]:
+            sample = members.where(F.pmod(F.xxhash64(F.lit(seed), F.col("user_id")), F.lit(1000)) < keep)
+            rows = cluster_profiles(sample, sessions, events, ctx.config.profile,
+                                    ctx.config.sessionize.timezone).toPandas()
+            replicates.append(interpret_all(rows, categories))
+    scores: dict[int, tuple] = {}
+    if len(replicates) > 1:
+        model, _ = load_sentence_transformer(conf.similarity_model, "cpu", 1)
+        answers: dict[int, list[dict]] = {}
+        for results in replicates:
+            for r in results:
+                answers.setdefault(r.cluster, []).append({"summary": r.summary, "keywords": list(r.keywords)})
+        scores = {cluster: consistency(found, model.encode) for cluster, found in answers.items()}
+    out = []
+    for i, results in enumerate(replicates):
+        for r in results:
+            overlap, similarity, score = scores.get(r.cluster, (None, None, None))
+            out.append((r.cluster, i, "offline", OFFLINE_MODEL, r.summary, list(r.keywords), 0, 0, 0.0,
+                        score, overlap, similarity, None, None, None))
+    return out
 
 
 def _interpret_llm(ctx: Context, profiles, clusters: list[int], details: dict) -> list[tuple]:
