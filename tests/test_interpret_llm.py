@@ -15,7 +15,14 @@ import pytest
 from fake_openai import FakeOpenAI
 
 from beha2vec import stages
-from beha2vec.ask import Conversation, check_select, context_message, run_query, safe_rows
+from beha2vec.ask import (
+    Conversation,
+    check_select,
+    context_message,
+    register_safe_views,
+    run_query,
+    safe_rows,
+)
 from beha2vec.config import load_config
 from beha2vec.context import Context
 from beha2vec.interpret_llm import consistency, parse_interpretation, take_sample
@@ -49,6 +56,7 @@ def _tracking_csv(path) -> None:
                     if v == 2 and day == 3:
                         url = f"https://site.org/order/9876543210#frag-{user}"
                     lines.append(f"{user},1,2024-03-0{day}T{hour:02d}:{minute:02d}:00,{url},60,desktop")
+    lines.append("panelist_0001,1,not-a-time,https://site.org/x?token=secret-token-0,60,desktop")  # a reject
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -252,15 +260,19 @@ def _tool_call(call_id: str, query: str) -> dict:
 
 def test_run_query_is_bounded_in_rows(spark, llm_lake):
     ctx = _ctx(spark, llm_lake, [])
-    frame, more = run_query(ctx.lake, "SELECT * FROM sessions", max_rows=2, timeout_s=60, salt="s")
+    spark, tables = ctx.spark, set(register_safe_views(ctx.lake, "s"))
+    frame, more = run_query(spark, "SELECT * FROM sessions", tables, max_rows=2, timeout_s=60)
     assert len(frame) == 2 and more
     with pytest.raises(SqlError, match="unknown table 'nope'"):
-        run_query(ctx.lake, "SELECT * FROM nope", 2, 60, "s")
-    rejects, _ = run_query(ctx.lake, "SELECT source, raw FROM rejects", 5, 60, "s")
-    ids, _ = run_query(ctx.lake, "SELECT DISTINCT user_id FROM user_clusters", 20, 60, "s")
-    again, _ = run_query(ctx.lake, "SELECT DISTINCT user_id FROM sessions", 20, 60, "s")
-    assert rejects["raw"].isna().all() and set(ids["user_id"]) == set(again["user_id"]), "stable per salt"
-    other, _ = run_query(ctx.lake, "SELECT DISTINCT user_id FROM sessions", 20, 60, "t")
+        run_query(spark, "SELECT * FROM nope", tables, 2, 60)
+    assert ctx.lake.read("rejects").where("raw IS NOT NULL").count() > 0
+    rejects, _ = run_query(spark, "SELECT source, raw FROM rejects", tables, 5, 60)
+    ids, _ = run_query(spark, "SELECT DISTINCT user_id FROM user_clusters", tables, 20, 60)
+    again, _ = run_query(spark, "SELECT DISTINCT user_id FROM sessions", tables, 20, 60)
+    assert len(rejects) and rejects["raw"].isna().all(), "the safe views hide rejected raw records"
+    assert set(ids["user_id"]) == set(again["user_id"]), "stable per salt"
+    register_safe_views(ctx.lake, "t")
+    other, _ = run_query(spark, "SELECT DISTINCT user_id FROM sessions", tables, 20, 60)
     assert not set(other["user_id"]) & set(again["user_id"])
 
 

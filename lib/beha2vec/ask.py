@@ -145,13 +145,12 @@ def _redacted(value: Any) -> Any:
     return value
 
 
-def run_query(lake: Lake, statement: str, max_rows: int, timeout_s: float,
-              salt: str) -> tuple[pd.DataFrame, bool]:
-    """At most ``max_rows`` rows of a checked query over the safe views, and whether more existed;
-    cancelled after the timeout."""
-    names = set(register_safe_views(lake, salt))
-    text = check_select(statement, names)
-    sc = lake.spark.sparkContext
+def run_query(spark: Any, statement: str, tables: set[str], max_rows: int,
+              timeout_s: float) -> tuple[pd.DataFrame, bool]:
+    """At most ``max_rows`` rows of a query checked against ``tables`` (views registered by
+    :func:`register_safe_views`), and whether more existed; cancelled after the timeout."""
+    text = check_select(statement, tables)
+    sc = spark.sparkContext
     group = f"beha2vec-ask-{uuid.uuid4().hex[:8]}"
     fired = threading.Event()
 
@@ -163,7 +162,7 @@ def run_query(lake: Lake, statement: str, max_rows: int, timeout_s: float,
     timer = threading.Timer(timeout_s, cancel)
     timer.start()
     try:
-        frame = lake.spark.sql(text).limit(max_rows + 1).toPandas()
+        frame = spark.sql(text).limit(max_rows + 1).toPandas()
     except Exception as exc:
         if fired.is_set():
             raise SqlError(f"the query ran past ask.query_timeout_s={timeout_s:g} s; cancelled") from None
@@ -185,6 +184,7 @@ class Conversation:
     history: list[dict] = field(default_factory=list)
     queries: list[str] = field(default_factory=list)
     salt: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
+    tables: set[str] | None = None
 
     def ask(self, question: str) -> str:
         """The model's answer; tool calls run in between, at most ``ask.max_tool_calls`` of them."""
@@ -219,7 +219,10 @@ class Conversation:
         try:
             query = json.loads(call.function.arguments or "{}").get("query", "")
             self.queries.append(query)
-            frame, more = run_query(self.lake, query, bounds.max_rows, bounds.query_timeout_s, self.salt)
+            if self.tables is None:  # once per conversation: the views stay for its later queries
+                self.tables = set(register_safe_views(self.lake, self.salt))
+            frame, more = run_query(self.lake.spark, query, self.tables, bounds.max_rows,
+                                    bounds.query_timeout_s)
             rows = safe_rows(frame)
         except Exception as exc:  # the model gets the reason and may try another query
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -168,21 +168,21 @@ def complete_all(lake: Lake, conf: LLMConfig, requests: list[ChatRequest], parse
     validate(conf)
     keys = [r.key(conf) for r in requests]
     cached = _cached(lake, set(keys), conf.model)
-    todo = {k: r for k, r in zip(keys, requests, strict=True) if k not in cached}
+    missing = {k: r for k, r in zip(keys, requests, strict=True) if k not in cached}
     results: dict[str, ChatResult] = {}
     for key, row in cached.items():
         results[key] = ChatResult(key, parse(parse_json(row["response"])), int(row["prompt_tokens"]),
                                   int(row["completion_tokens"]), 0.0, True)
-    if todo:
-        tokens = sum(prompt_tokens(conf, [r.system, r.user]) for r in todo.values())
-        completion = conf.max_completion_tokens * len(todo)
-        estimate = Estimate(conf.model, len(todo), len(requests) - len(todo), tokens, completion,
+    if missing:
+        tokens = sum(prompt_tokens(conf, [r.system, r.user]) for r in missing.values())
+        completion = conf.max_completion_tokens * len(missing)
+        estimate = Estimate(conf.model, len(missing), len(requests) - len(missing), tokens, completion,
                             price(conf, tokens, completion), conf.budget_usd)
         log.info("%s", estimate)
         if on_estimate is not None:
             on_estimate(estimate)
         _check_budget(estimate)
-        results.update(_send(lake, conf, todo, parse))
+        results.update(_send(lake, conf, missing, parse))
     seen: set[str] = set()
     out = []
     for k in keys:  # a request asked twice is sent and paid once
@@ -218,7 +218,8 @@ def _cached(lake: Lake, keys: set[str], model: str) -> dict[str, dict]:
     return {r["prompt_hash"]: r.asDict() for r in rows}
 
 
-def _send(lake: Lake, conf: LLMConfig, todo: dict[str, ChatRequest], parse: Parser) -> dict[str, ChatResult]:
+def _send(lake: Lake, conf: LLMConfig, missing: dict[str, ChatRequest],
+          parse: Parser) -> dict[str, ChatResult]:
     """Send concurrently; stop starting new requests at the first failure or past the budget."""
     key = api_key(conf.api_key_env, "llm.api_key_env")
     api = client(conf.base_url, key, conf.timeout_s)
@@ -245,21 +246,21 @@ def _send(lake: Lake, conf: LLMConfig, todo: dict[str, ChatRequest], parse: Pars
                 stop.set()
 
     try:
-        with ThreadPoolExecutor(max_workers=min(conf.concurrency, len(todo))) as pool:
-            futures = [pool.submit(one, h, r) for h, r in todo.items()]
+        with ThreadPoolExecutor(max_workers=min(conf.concurrency, len(missing))) as pool:
+            futures = [pool.submit(one, h, r) for h, r in missing.items()]
             for future in tqdm(as_completed(futures), total=len(futures), desc=f"{conf.model} requests",
                                unit="req", leave=False):
                 future.result()
     finally:
         _append(lake, conf.model, done)
     if failures:
-        raise LLMError(f"{len(failures)} of {len(todo)} requests to {conf.base_url} failed for good; the "
+        raise LLMError(f"{len(failures)} of {len(missing)} requests to {conf.base_url} failed for good; the "
                        f"{len(done)} answers that came back are cached, a re-run sends only the rest. "
                        f"First: {failures[0]}")
-    if len(done) < len(todo):
+    if len(done) < len(missing):
         raise BudgetExceeded(f"spent ${spent[0]:.4f} (reported usage), over llm.budget_usd="
-                             f"{conf.budget_usd:g}, after {len(done)} of {len(todo)} requests; the answers "
-                             "are cached, a re-run with a higher budget sends only the rest")
+                             f"{conf.budget_usd:g}, after {len(done)} of {len(missing)} requests; the "
+                             "answers are cached, a re-run with a higher budget sends only the rest")
     return {h: result for h, (result, _) in done.items()}
 
 

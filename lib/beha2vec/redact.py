@@ -1,8 +1,8 @@
 """Masking what must never leave the machine: applied to every text before an LLM sees it.
 
 The text is percent-decoded first (up to three times, so ``%2540`` and ``%3F`` cannot hide an
-``@`` or a ``?``). Then, in this order, each rule leaves a visible placeholder, so the model
-knows something was there:
+``@`` or a ``?``). Then, in this order, each rule leaves a visible marker in angle brackets, so
+the model knows something was there:
 
 * each string of ``known`` (the raw user ids of the sample), in any letter case, becomes ``<user>``;
 * query strings and fragments: ``?…`` and ``#…`` right after a non-space character, up to the
