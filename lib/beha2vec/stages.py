@@ -54,7 +54,9 @@ def ingest(ctx: Context, source: str, paths: list[str], incremental: bool = Fals
                       .agg(F.count(F.lit(1)).alias("n")).collect()}
             collapsed = ingest_lib.collapse_duplicates(typed.where(F.col("reason").isNull()).drop("raw"))
             collapsed = collapsed.persist(StorageLevel.MEMORY_AND_DISK)
-            new = ingest_lib.to_events(collapsed, conf, derive_durations=source == "webtracking")
+            # read by changed_users, events and (incrementally) rejects: URL parts are computed once
+            events_new = ingest_lib.to_events(collapsed, conf, derive_durations=source == "webtracking")
+            new = events_new = events_new.persist(StorageLevel.MEMORY_AND_DISK)
             rejects = ingest_lib.to_rejects(typed, collapsed, run.run_id, conf)
             old = (ctx.lake.read("events").where(F.col("source") == source)
                    if ctx.lake.exists("events") else None)
@@ -69,6 +71,7 @@ def ingest(ctx: Context, source: str, paths: list[str], incremental: bool = Fals
             events = ctx.lake.write(new, "events", replace={"source": source})
             written = ctx.lake.write(rejects, "rejects", replace={"stage": "ingest", "source": source})
             collapsed.unpersist()
+            events_new.unpersist()
         finally:
             typed.unpersist()
         _record_files(ctx, source, chosen, ledger, run.run_id, keep_unread=keep_unread)
