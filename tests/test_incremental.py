@@ -1,4 +1,4 @@
-"""Incremental ingest and sessionize: two batches give the tables of one full run."""
+"""Incremental ingest, sessionize, features and embed: two batches give the tables of one full run."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from pyspark.sql import functions as F
 
 from beha2vec import stages
 from beha2vec.config import load_config
 from beha2vec.context import Context
-from beha2vec.incremental import FileState, export_date, plan
+from beha2vec.incremental import FileState, export_date, fingerprints, plan, split
 
 BIN = Path(sys.executable).parent
 T0 = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
@@ -100,6 +102,8 @@ def test_two_incremental_batches_equal_one_full_run(spark, tmp_path):
     first = stages.ingest(lake, "ga4", [str(inbox)], incremental=True)
     stages.sessionize(lake, incremental=True)
     assert first["files_read"] == 7
+    first_features = stages.features(lake, incremental=True)
+    (first_embed,) = stages.embed(lake, ["minilm"], incremental=True)
 
     for day in [*days[5:], late]:
         shutil.copy(day, inbox / day.name)
@@ -111,6 +115,7 @@ def test_two_incremental_batches_equal_one_full_run(spark, tmp_path):
 
     assert _events(lake).equals(_events(full))
     assert _sessions(lake).equals(_sessions(full))
+    _downstream_equal_full_run(lake, full, first_features, first_embed)
     rejects = lake.lake.read("rejects").toPandas()
     assert rejects["reason"].str.contains("ingested before from .*events_20240302", regex=True).sum() == 1
     assert lake.lake.read("changed_users").count() == 0
@@ -122,6 +127,53 @@ def test_two_incremental_batches_equal_one_full_run(spark, tmp_path):
     assert _events(lake).equals(_events(full))
     one = stages.ingest(lake, "ga4", [str(inbox / late.name)], incremental=True)
     assert one["files_read"] == 1 and _events(lake).equals(_events(full)), "files not named keep their events"
+
+
+def _table(ctx: Context, name: str) -> pd.DataFrame:
+    return ctx.lake.read(name).toPandas().sort_values("session_id").reset_index(drop=True)
+
+
+def _downstream_equal_full_run(lake: Context, full: Context, first_features: dict, first_embed: dict) -> None:
+    """Features and embeddings of the merged sessions: only new or changed sessions are computed,
+    and the tables equal those of a full run (vectors up to float noise of batching)."""
+    features = stages.features(lake, incremental=True)
+    (embedded,) = stages.embed(lake, ["minilm"], incremental=True)
+    stages.features(full)
+    stages.embed(full, ["minilm"])
+    assert first_features["reused"] == 0 and first_embed["embedded"] == first_embed["rows_out"]
+    assert 0 < features["reused"] < features["rows_out"] and features["computed"] > 0
+    assert 0 < embedded["reused"] < embedded["rows_out"]
+    assert embedded["embedded"] == features["computed"], "the same sessions changed for both stages"
+    assert _table(lake, "session_features").astype(str).equals(_table(full, "session_features").astype(str))
+    ours, theirs = _table(lake, "session_embeddings"), _table(full, "session_embeddings")
+    keys = ["session_id", "user_id", "fingerprint"]
+    assert ours[keys].equals(theirs[keys])
+    np.testing.assert_allclose(np.stack(ours["embedding"]), np.stack(theirs["embedding"]), atol=1e-5)
+    again = stages.features(lake, incremental=True)
+    (unchanged,) = stages.embed(lake, ["minilm"], incremental=True)
+    assert again["computed"] == 0 and unchanged["embedded"] == 0 and unchanged["rows_out"] == len(ours)
+    (tfidf,) = stages.embed(lake, ["tfidf"], incremental=True)
+    assert "reused" not in tfidf, "tfidf is fitted on all sessions: always recomputed"
+
+
+def test_fingerprints_change_with_the_session_and_the_computation(spark):
+    rows = spark.createDataFrame([("s1", "u1", 3, ["a.com"]), ("s2", "u1", 2, ["b.com"])],
+                                 "session_id string, user_id string, n int, domains array<string>")
+    changed = spark.createDataFrame([("s1", "u1", 3, ["a.com"]), ("s2", "u1", 2, ["b.com", "c.com"])],
+                                    rows.schema)
+
+    def prints(frame, identity: str) -> dict:
+        return {r["session_id"]: r["fingerprint"] for r in fingerprints(frame, identity).collect()}
+
+    base = prints(rows, "m")
+    assert base == prints(rows, "m") and base["s1"] != base["s2"]
+    other = prints(changed, "m")
+    assert other["s1"] == base["s1"] and other["s2"] != base["s2"]
+    assert set(prints(rows, "m2").values()).isdisjoint(base.values()), "another model or setting"
+    previous = fingerprints(rows, "m").withColumn("vector", F.lit(1))
+    kept, todo = split(previous, changed, fingerprints(changed, "m"))
+    assert [r["session_id"] for r in kept.collect()] == ["s1"]
+    assert [r["session_id"] for r in todo.collect()] == ["s2"]
 
 
 def test_incremental_ingest_refuses_sources_whose_rows_span_files(ctx, tmp_path):

@@ -30,9 +30,9 @@ def _tables(spark):
     }
     rows, sessions = [], []
     for sid, (user, day, vector) in dense.items():
-        rows.append((sid, user, "dense", 3, vector, None, None))
+        rows.append((sid, user, "dense", 3, vector, None, None, None))
         # the same sessions in a sparse model of 5 dimensions: index 4 holds the first coordinate
-        rows.append((sid, user, "sparse", 5, None, [4, 0], [vector[0], vector[1]]))
+        rows.append((sid, user, "sparse", 5, None, [4, 0], [vector[0], vector[1]], None))
         sessions.append((sid, T0 + dt.timedelta(days=day), user == "d"))
     return (spark.createDataFrame(rows, SESSION_EMBEDDINGS), spark.createDataFrame(sessions, SESSIONS))
 

@@ -31,6 +31,8 @@ INCREMENTAL_INGEST = ("read only new or changed files and those of the last inge
                       "dates (GA4 rewrites them); keep the events of the others")
 INCREMENTAL_SESSIONIZE = ("recompute the sessions of the users whose events changed since the last "
                           "sessionize")
+INCREMENTAL_PER_SESSION = ("compute only the sessions that are new or changed (by fingerprint) and keep "
+                           "the other rows")
 EXAMPLE_QUERIES = (
     "SELECT user_id, count(*) AS sessions FROM sessions GROUP BY user_id ORDER BY 2 DESC LIMIT 5",
     "SELECT domains[0] AS first_page, count(*) AS n FROM sessions GROUP BY 1 ORDER BY 2 DESC LIMIT 5",
@@ -64,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sessionize", help="events into sessions")
     p.add_argument("--incremental", action="store_true", help=INCREMENTAL_SESSIONIZE)
-    sub.add_parser("features", help="sessions into behavioural features per session")
+    p = sub.add_parser("features", help="sessions into behavioural features per session")
+    p.add_argument("--incremental", action="store_true", help=INCREMENTAL_PER_SESSION)
 
     p = sub.add_parser("train-encoder", help="train the sequence encoder on the driver (a new model version)")
     p.add_argument("--resume", dest="resume_version", metavar="VERSION",
@@ -74,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", dest="models", metavar="NAME",
                    help="minilm, any sentence-transformers name or path, openai:<model>, tfidf, features, "
                         "encoder[:VERSION] (repeatable; default: embed.models)")
+    p.add_argument("--incremental", action="store_true",
+                   help=INCREMENTAL_PER_SESSION + "; tfidf and features are fitted on all sessions and "
+                        "always recomputed")
 
     sub.add_parser("user-vectors", help="session embeddings into one vector per user and model")
     sub.add_parser("cluster", help="k sweep (MLlib KMeans, BisectingKMeans); k by silhouette and stability")
@@ -94,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="first", choices=PIPELINE, help="first stage to run")
     p.add_argument("--to", dest="last", choices=PIPELINE, help="last stage to run")
     p.add_argument("--incremental", action="store_true",
-                   help="ingest and sessionize incrementally (see their help); later stages run in full")
+                   help="ingest, sessionize, features and embed incrementally (see their help), and "
+                        "train the encoder only when none is trained yet; later stages run in full")
     p.add_argument("--resume", action="store_true",
                    help="start at the first stage whose latest run failed, is missing, or is older than "
                         "the run of the stage before it (from the runs table)")
@@ -204,13 +211,20 @@ def _sessionize(ctx: Context, args: argparse.Namespace) -> None:
 def _features(ctx: Context, args: argparse.Namespace) -> None:
     from beha2vec import stages
 
-    report = stages.features(ctx)
-    print(f"features: {report['rows_out']:,} sessions x {report['features']} features")
+    report = stages.features(ctx, args.incremental)
+    reused = f" ({report['reused']:,} kept, {report['computed']:,} computed)" if "reused" in report else ""
+    print(f"features: {report['rows_out']:,} sessions x {report['features']} features{reused}")
 
 
 def _train_encoder(ctx: Context, args: argparse.Namespace) -> None:
     from beha2vec import stages
+    from beha2vec.encoder.registry import registry_root, versions
 
+    root = registry_root(ctx.config.encoder.registry, ctx.lake.root)
+    if getattr(args, "incremental", False) and versions(root):
+        print(f"train-encoder: kept v{versions(root)[-1]} (an incremental run trains only the first "
+              "encoder; run train-encoder to retrain)")
+        return
     report = stages.train_encoder(ctx, getattr(args, "resume_version", None))
     best = ", ".join(f"{k} {v:.3f}" for k, v in report["best"].items() if k not in ("epoch", "train_loss"))
     print(f"train-encoder: v{report['version']} on {report['train_users']:,} users "
@@ -221,8 +235,10 @@ def _train_encoder(ctx: Context, args: argparse.Namespace) -> None:
 def _embed(ctx: Context, args: argparse.Namespace) -> None:
     from beha2vec import stages
 
-    for report in stages.embed(ctx, getattr(args, "models", None)):
+    for report in stages.embed(ctx, getattr(args, "models", None), args.incremental):
         extra = f" ({report['distinct_texts']:,} distinct texts)" if "distinct_texts" in report else ""
+        if "reused" in report:
+            extra += f" ({report['reused']:,} kept, {report['embedded']:,} embedded)"
         if "version" in report:
             extra += f" (v{report['version']})"
         print(f"embed {report['model']}: {report['rows_out']:,} sessions{extra}")

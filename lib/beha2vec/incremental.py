@@ -9,16 +9,24 @@ are. The events of the files read replace those the same files gave before, in o
 The ``ingested_files`` table is the ledger of what was read (path, size, time, export date); the
 ``changed_users`` table collects the users whose events any ingest changed since the last
 sessionize, which then recomputes all their sessions and only theirs.
+
+Per-session stages (``features``, and ``embed`` for models that read one session at a time) keep a
+``fingerprint`` beside each row: the SHA-256 of the whole session row and of what computed the row
+(the model and its settings). An incremental run reuses a row exactly when its session and its
+computation are unchanged, and computes the rest; sessions that vanished lose their rows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import re
 from dataclasses import dataclass
 
 import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 EXPORT_DATE = re.compile(r"^events_(?:intraday_)?(\d{8})(?:\.|$)")
 INCREMENTAL_SOURCES = ("ga4", "ga4-flat")
@@ -69,3 +77,19 @@ def plan(files: list[FileState], ledger: pd.DataFrame, reingest_days: int) -> li
         return changed or f.export_date in recent
 
     return [f for f in files if wanted(f)]
+
+
+def fingerprints(sessions: DataFrame, identity: str) -> DataFrame:
+    """``session_id, fingerprint`` of every session: SHA-256 of ``identity`` (what computes from the
+    session) and of every column of the session, so any change to either gives a new fingerprint."""
+    content = F.to_json(F.struct(*sorted(sessions.columns)))
+    computation = hashlib.sha256(identity.encode()).hexdigest()
+    return sessions.select("session_id", F.sha2(F.concat_ws(" ", F.lit(computation), content), 256)
+                           .alias("fingerprint"))
+
+
+def split(previous: DataFrame, sessions: DataFrame, current: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """``(rows to keep, sessions to compute)``: the rows of ``previous`` whose session and fingerprint
+    are still ``current``, and every session without such a row."""
+    kept = previous.join(current, ["session_id", "fingerprint"], "left_semi")
+    return kept, sessions.join(kept.select("session_id"), "session_id", "left_anti")

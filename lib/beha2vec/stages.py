@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 from contextlib import contextmanager
 
@@ -222,14 +223,11 @@ def _model_rows(ctx: Context, model: str, sessions, details: dict):
         return embed_lib.join_back(sessions, vectors, model), texts
     if kind == "encoder":
         from beha2vec.encoder.apply import embed_sessions
-        from beha2vec.encoder.registry import registry_root, resolve
 
         enc = ctx.config.encoder
-        version, path = resolve(registry_root(enc.registry, ctx.lake.root), model.partition(":")[2] or None)
-        details.update(version=version, model_path=str(path))
         with _arrow_batch(ctx.spark, conf.arrow_batch_size):
-            rows = embed_sessions(sessions, str(path), _encoder_name(model, version), enc.device,
-                                  enc.torch_threads or 1, enc.inference_batch_size)
+            rows = embed_sessions(sessions, details["model_path"], _encoder_name(model, details["version"]),
+                                  enc.device, enc.torch_threads or 1, enc.inference_batch_size)
             rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
             return rows, rows
     if kind == "tfidf":
@@ -244,49 +242,122 @@ def _model_rows(ctx: Context, model: str, sessions, details: dict):
     return embed_lib.features_rows(standardize(ctx.lake.read("session_features"))), None
 
 
-def embed(ctx: Context, models: list[str] | None = None) -> list[dict]:
-    """``sessions`` into ``session_embeddings``, one partition per model, replaced per model."""
+def _identity(ctx: Context, model: str, details: dict) -> str | None:
+    """What a model's vector of one session depends on besides the session, for its fingerprint;
+    None for models fitted on all sessions (``tfidf``, standardised ``features``), which an
+    incremental run recomputes in full. Resolves (and records) the encoder version."""
+    conf = ctx.config.embed
+    kind = embed_lib.kind_of(model)
+    if kind in ("tfidf", "features"):
+        return None
+    if kind == "encoder":
+        from beha2vec.encoder.registry import digest, registry_root, resolve
+
+        root = registry_root(ctx.config.encoder.registry, ctx.lake.root)
+        version, path = resolve(root, model.partition(":")[2] or None)
+        details.update(version=version, model_path=str(path))
+        return f"encoder v{version} {digest(path)}"
+    settings = {"prefix": embed_lib.text_prefix(model, conf)}
+    if kind == "openai":
+        settings.update(dimensions=conf.openai.dimensions, tokens=conf.openai.max_tokens_per_input,
+                        tokenizer=conf.openai.tokenizer, base_url=conf.openai.base_url)
+    return f"{model} {json.dumps(settings, sort_keys=True)}"
+
+
+def _reuse(ctx: Context, table: str, sessions, identity: str | None, model: str | None,
+           incremental: bool, details: dict):
+    """``(sessions to compute, rows to keep or None, fingerprints or None)`` of a per-session table:
+    with ``incremental``, the rows whose session and computation are unchanged are kept."""
+    from beha2vec.incremental import fingerprints, split
+
+    if identity is None:
+        return sessions, None, None
+    current = fingerprints(sessions, identity)
+    if incremental and not ctx.lake.exists(table):
+        details["reused"] = 0
+    if not incremental or not ctx.lake.exists(table):
+        return sessions, None, current
+    previous = ctx.lake.read(table)
+    if model is not None:
+        previous = previous.where(F.col("model") == model)
+    kept, todo = split(previous, sessions, current)
+    kept = kept.persist(StorageLevel.MEMORY_AND_DISK)
+    details["reused"] = kept.count()
+    return todo, kept, current
+
+
+def _fingerprinted(rows, kept, current):
+    """Computed rows with their fingerprints (null for models fitted on all sessions), and the kept rows."""
+    if current is None:
+        return rows.withColumn("fingerprint", F.lit(None).cast("string"))
+    rows = rows.join(current, "session_id")
+    return rows if kept is None else kept.select(*rows.columns).unionByName(rows)
+
+
+def embed(ctx: Context, models: list[str] | None = None, incremental: bool = False) -> list[dict]:
+    """``sessions`` into ``session_embeddings``, one partition per model, replaced per model.
+
+    ``incremental`` embeds only the sessions whose fingerprint changed (:mod:`beha2vec.incremental`)
+    and keeps the other vectors of the model; models fitted on all sessions are recomputed.
+    """
     reports = []
     for model in models or ctx.config.embed.models:
         with recorded(ctx.lake, ctx.config, "embed") as run:
             run.details["model"] = model
             sessions = ctx.lake.read("sessions")
-            rows, cached = _model_rows(ctx, model, sessions, run.details)
+            identity = _identity(ctx, model, run.details)
             name = model
             if embed_lib.kind_of(model) == "encoder":
                 name = _encoder_name(model, run.details["version"])
+            todo, kept, current = _reuse(ctx, "session_embeddings", sessions, identity, name, incremental,
+                                         run.details)
+            rows, cached = _model_rows(ctx, model, todo, run.details)
             try:
-                written = ctx.lake.write(rows, "session_embeddings", replace={"model": name})
+                written = ctx.lake.write(_fingerprinted(rows, kept, current), "session_embeddings",
+                                         replace={"model": name})
             finally:
-                if cached is not None:
-                    cached.unpersist()
+                for frame in (cached, kept):
+                    if frame is not None:
+                        frame.unpersist()
             run.rows_in = sessions.count()
             run.rows_out = written.rows
             run.rows_rejected = 0
+            run.details["embedded"] = written.rows - run.details.get("reused", 0)
         reports.append(run.details | {"rows_in": run.rows_in, "rows_out": run.rows_out})
     return reports
 
 
-def features(ctx: Context) -> dict:
-    """``sessions`` into ``session_features``: one row of behavioural features per session."""
+def features(ctx: Context, incremental: bool = False) -> dict:
+    """``sessions`` into ``session_features``: one row of behavioural features per session.
+
+    ``incremental`` computes only the sessions whose fingerprint changed and keeps the other rows.
+    """
     from beha2vec import features as features_lib
 
     conf = ctx.config.features
     with recorded(ctx.lake, ctx.config, "features") as run:
         sessions = ctx.lake.read("sessions")
         categories = features_lib.load_categories(conf.categories_file)
-        rows = features_lib.session_features(sessions, conf, categories, ctx.config.sessionize.timezone)
-        written = ctx.lake.write(rows, "session_features")
+        timezone = ctx.config.sessionize.timezone
+        identity = json.dumps({"features": dataclasses.asdict(conf), "categories": categories,
+                               "timezone": timezone}, sort_keys=True)
+        todo, kept, current = _reuse(ctx, "session_features", sessions, identity, None, incremental,
+                                     run.details)
+        rows = features_lib.session_features(todo, conf, categories, timezone)
+        try:
+            written = ctx.lake.write(_fingerprinted(rows, kept, current), "session_features")
+        finally:
+            if kept is not None:
+                kept.unpersist()
         run.rows_in = sessions.count()
         run.rows_out = written.rows
-        run.details.update(features=len(features_lib.FEATURE_COLUMNS), categories=len(categories))
+        run.details.update(features=len(features_lib.FEATURE_COLUMNS), categories=len(categories),
+                           computed=written.rows - run.details.get("reused", 0))
     return run.details | {"rows_in": run.rows_in, "rows_out": run.rows_out}
 
 
 def train_encoder(ctx: Context, resume: str | None = None) -> dict:
     """``sessions`` of train and validation users into a new encoder version and an ``encoder_runs`` row."""
-    import json
-
     from beha2vec.encoder import driver, registry
     from beha2vec.encoder.train import check
     from beha2vec.tables import ENCODER_RUNS

@@ -120,6 +120,7 @@ SESSION_FEATURES = _s(
     ("session_id", T.StringType()),
     ("user_id", T.StringType()),
     *((name, T.DoubleType()) for name in FEATURE_COLUMNS),
+    ("fingerprint", T.StringType()),
 )
 
 SESSION_EMBEDDINGS = _s(
@@ -130,6 +131,7 @@ SESSION_EMBEDDINGS = _s(
     ("embedding", T.ArrayType(T.FloatType(), True)),
     ("indices", T.ArrayType(T.IntegerType(), True)),
     ("values", T.ArrayType(T.FloatType(), True)),
+    ("fingerprint", T.StringType()),
 )
 
 EMBEDDING_CACHE = _s(

@@ -10,6 +10,7 @@ an interrupted run resume. On a cluster the registry must sit on storage the wor
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -90,6 +91,14 @@ def save_model(path: Path, weights: dict, metrics: dict) -> None:
     tmp = path / (MODEL_FILE + ".tmp")
     torch.save(weights, tmp)
     os.replace(tmp, path / MODEL_FILE)
+
+
+def digest(path: Path) -> str:
+    """SHA-256 of a saved model's configuration and weights: what its embeddings depend on."""
+    h = hashlib.sha256()
+    for name in ("config.json", MODEL_FILE):
+        h.update((path / name).read_bytes())
+    return h.hexdigest()
 
 
 def categories(path: Path) -> dict[str, str] | None:
