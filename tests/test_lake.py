@@ -89,6 +89,24 @@ def test_partition_replace_keeps_other_partitions(lake, spark):
         lake.write(a, "rejects", replace={"file": "f"})
 
 
+def test_partition_replace_refuses_a_table_of_another_schema(lake, spark):
+    """A table written by another version (one column less) keeps its other partitions: replacing
+    one partition is refused rather than turned into a whole-table overwrite."""
+    from deltalake import write_deltalake
+
+    older = pa.table({"run_id": ["r"], "stage": ["ingest"], "source": ["msnbc"], "file": ["g"],
+                      "line": pa.array([2], pa.int64()), "offset": pa.array([0], pa.int64()), "raw": ["y"]})
+    write_deltalake(lake.uri("rejects"), older, partition_by=["stage", "source"])
+    row = spark.createDataFrame([("r", "ingest", "ga4", "f", 1, 0, "x", "bad")],
+                                "run_id string, stage string, source string, file string, line long, "
+                                "offset long, raw string, reason string")
+    with pytest.raises(LakeError, match="has another schema .* rows cannot be replaced in part of it"):
+        lake.write(row, "rejects", replace={"stage": "ingest", "source": "ga4"})
+    assert DeltaTable(lake.uri("rejects")).to_pyarrow_table().num_rows == 1
+    lake.write(row, "rejects")
+    assert lake.read("rejects").count() == 1
+
+
 def test_schema_check_refuses_mismatched_files():
     want = pa.schema([("a", pa.int64()), ("b", pa.list_(pa.float32()))])
     check_file_schema(pa.schema([("a", pa.int64()), ("b", pa.list_(pa.field("element", pa.float32())))]),

@@ -11,20 +11,18 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from standalone_cluster import Cluster, cluster_env, standalone
 
 from conftest import ROOT
 
 BIN = Path(sys.executable).parent
-START_TIMEOUT_S = 90
 JOB_TIMEOUT_S = 900
 SMALL = ("--set", "embed.models=[minilm,tfidf,features]", "--set", "user_vectors.combine={}",
          "--set", "user_vectors.min_sessions=2", "--set", "cluster.models=[minilm]",
@@ -35,75 +33,10 @@ SMALL = ("--set", "embed.models=[minilm,tfidf,features]", "--set", "user_vectors
 pytestmark = pytest.mark.slow
 
 
-def _spark_class() -> Path:
-    import pyspark
-
-    return Path(pyspark.__file__).parent / "bin" / "spark-class"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
-            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def _wait_for(log: Path, text: str, count: int = 1, timeout_s: float = START_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if log.exists() and log.read_text(errors="replace").count(text) >= count:
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"'{text}' x{count} not in {log} after {timeout_s} s:\n{log.read_text()[-2000:]}")
-
-
-@dataclass
-class Cluster:
-    url: str
-    root: Path
-    workers: list[subprocess.Popen]
-
-
-def _start(args: list[str], log: Path) -> subprocess.Popen:
-    """A daemon in its own process group, so it can be killed with every process it started."""
-    with log.open("w") as out:
-        return subprocess.Popen([str(_spark_class()), *args], stdout=out, stderr=subprocess.STDOUT,
-                                env=_env(), start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
-    root = tmp_path_factory.mktemp("standalone")
-    port = _free_port()
-    url = f"spark://127.0.0.1:{port}"
-    master = _start(["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-                     "--webui-port", "0"], root / "master.log")
-    workers: list[subprocess.Popen] = []
-    try:
-        _wait_for(root / "master.log", "ALIVE")
-        for i in (1, 2):
-            workers.append(_start(["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                                   "--cores", "1", "--memory", "2g", "--webui-port", "0",
-                                   "--work-dir", str(root / f"work{i}"), url], root / f"worker{i}.log"))
-        _wait_for(root / "master.log", "Registering worker", count=2)
-        yield Cluster(url, root, workers)
-    finally:
-        for proc in [*workers, master]:
-            _stop(proc)
+    with standalone(tmp_path_factory.mktemp("standalone")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +72,7 @@ def test_the_pipeline_runs_on_a_standalone_cluster(cluster, package, tmp_path):
     data, lake = tmp_path / "ga4", tmp_path / "lake"
     _synth(data, 40, 14)
     command = _submit(cluster, package, "run.py", "--lake", str(lake), "--source", "ga4", str(data))
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=JOB_TIMEOUT_S, env=_env(),
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=JOB_TIMEOUT_S, env=cluster_env(),
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for stage in ("ingest:", "sessionize:", "embed minilm:", "user-vectors:", "cluster minilm/kmeans: k=",
@@ -191,7 +124,7 @@ def test_losing_a_worker_during_embedding_loses_and_duplicates_nothing(cluster, 
                       "--set", "embed.arrow_batch_size=64", "--model", "minilm")
     victim = cluster.workers[1]
     with (tmp_path / "job.log").open("w") as log:
-        job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=_env(),
+        job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=cluster_env(),
                                cwd=tmp_path)
         try:
             deadline = time.monotonic() + JOB_TIMEOUT_S

@@ -92,7 +92,7 @@ def check_select(statement: str, tables: set[str]) -> str:
     for func in tree.find_all(exp.Func):
         name = (func.name if isinstance(func, exp.Anonymous) else func.sql_name()).lower()
         if name in BLOCKED_FUNCTIONS:
-            raise SqlError(f"function {name}() is not allowed in ask queries")
+            raise SqlError(f"function {name}() is not allowed: it reaches outside the lake")
     return tree.sql(dialect="spark")
 
 

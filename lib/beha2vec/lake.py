@@ -225,7 +225,9 @@ class Lake:
         return Written(int(last["version"]), int(metrics.get("numOutputRows", 0)))
 
     def version(self, name: str) -> int:
-        return self.history(name, limit=1)[0]["version"]
+        if self.route == "native":
+            return self.history(name, limit=1)[0]["version"]
+        return self._delta_table(name).version()  # also for a commit without commitInfo
 
     def history(self, name: str, limit: int | None = None) -> list[dict]:
         """Commits newest first: version, timestamp, operation and its parameters."""
@@ -233,9 +235,19 @@ class Lake:
             rows = self.spark.sql(f"DESCRIBE HISTORY delta.`{self.uri(name)}`").collect()
             out = [r.asDict() for r in rows]
             return out[:limit] if limit else out
-        from deltalake import DeltaTable
+        return self._delta_table(name).history(limit)
 
-        return DeltaTable(self.uri(name)).history(limit)
+    def _delta_table(self, name: str):
+        """The delta-rs table, or a LakeError naming it when its log cannot be read."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError
+
+        try:
+            return DeltaTable(self.uri(name))
+        except DeltaError as exc:
+            raise LakeError(f"table '{name}' at {self.uri(name)} cannot be read: {_short(exc)}; a commit "
+                            f"in {self.uri(name)}/_delta_log is damaged (earlier versions stay readable "
+                            "by number)") from exc
 
     def tables(self) -> list[TableInfo]:
         """Every Delta table under the root with its version, row count and file count."""
@@ -263,9 +275,7 @@ class Lake:
         if self.route == "native":
             df = self.read(name)
             return TableInfo(name, self.version(name), df.count(), len(df.inputFiles()))
-        from deltalake import DeltaTable
-
-        dt = DeltaTable(self.uri(name))
+        dt = self._delta_table(name)
         actions = pa.table(dt.get_add_actions(flatten=True))
         rows = None
         if "num_records" in actions.column_names and actions.num_rows:
@@ -276,10 +286,8 @@ class Lake:
         return TableInfo(name, dt.version(), rows, actions.num_rows)
 
     def _read_active_files(self, name: str) -> DataFrame:
-        from deltalake import DeltaTable
-
         table = TABLES.get(name)
-        dt = DeltaTable(self.uri(name))
+        dt = self._delta_table(name)
         schema = table.schema if table else _spark_schema_of(dt)
         partition_by = list(dt.metadata().partition_columns)
         file_schema = T.StructType([f for f in schema if f.name not in partition_by])
@@ -346,8 +354,12 @@ class Lake:
                     actions, mode=mode, schema=delta_schema, partition_by=partition_by,
                     partition_filters=filters if mode == "overwrite" else None,
                 )
-            elif existing is not None and mode == "append":
-                raise LakeError(f"table '{table.name}' at {uri} has another schema; overwrite it first")
+            elif existing is not None and (mode == "append" or replace):
+                # a whole-table overwrite here would silently drop the other partitions
+                how = "added to" if mode == "append" else "replaced in"
+                raise LakeError(f"table '{table.name}' at {uri} has another schema (written by another "
+                                f"version of beha2vec?); rows cannot be {how} part of it: overwrite it "
+                                "whole first, or remove its folder and run its stage again")
             else:
                 create_table_with_add_actions(
                     uri, delta_schema, actions, mode="overwrite", partition_by=partition_by,
@@ -397,6 +409,19 @@ def _spark_schema_of(dt) -> T.StructType:
 
 
 def _short(exc: BaseException) -> str:
+    """The first line of an error; for a Java error, of its root cause (Py4J's own first line only
+    names the JVM call that failed)."""
+    root = getattr(exc, "java_exception", None)
+    if root is not None:
+        try:
+            for _ in range(32):  # cause chains are short; bounded all the same
+                cause = root.getCause()
+                if cause is None:
+                    break
+                root = cause
+            exc = RuntimeError(str(root.toString()))
+        except Exception:  # the JVM may be gone: fall back to the Python text
+            pass
     text = str(exc).strip().splitlines()
     return text[0][:500] if text else type(exc).__name__
 

@@ -11,7 +11,11 @@ from pyspark.sql import DataFrame
 
 from beha2vec.lake import Lake
 
-READ_ONLY = re.compile(r"^\s*(\(\s*)*(select|with|show|describe|desc|explain|values|table)\b", re.I)
+READ_ONLY = re.compile(r"^\s*(\(\s*)*(select|with|show|describe|desc|explain)\b", re.I)
+# a query inside EXPLAIN or DESCRIBE QUERY is checked like any other: planning it reads file schemas
+WRAPPED_QUERY = re.compile(r"^\s*(explain(?:\s+(?:extended|formatted|codegen|cost))?|desc(?:ribe)?\s+query)"
+                           r"\s+(.*)$", re.I | re.S)
+METADATA = re.compile(r"^\s*(show|describe|desc)\b", re.I)
 FORMATS = ("table", "csv", "json")
 
 
@@ -28,12 +32,25 @@ def register_views(lake: Lake) -> list[str]:
 
 
 def query(lake: Lake, statement: str) -> DataFrame:
-    """Run one read-only statement over the lake's tables."""
-    if not READ_ONLY.match(statement) or ";" in statement.strip().rstrip(";"):
+    """Run one read-only statement over the lake's tables.
+
+    A query must pass :func:`beha2vec.ask.check_select` and runs as checked, since a SELECT could
+    otherwise call Java methods (``reflect``) or read any file by its path; so must the query of
+    EXPLAIN and DESCRIBE QUERY. SHOW and DESCRIBE of a table read no rows and run as given.
+    """
+    from beha2vec.ask import check_select  # ask imports this module
+
+    text = statement.strip().rstrip(";")
+    if not READ_ONLY.match(text) or ";" in text:
         raise SqlError("only one read-only statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN) is allowed")
-    register_views(lake)
+    names = register_views(lake)
+    wrapped = WRAPPED_QUERY.match(text)
+    if wrapped:
+        text = f"{wrapped.group(1)} {check_select(wrapped.group(2), set(names))}"
+    elif not METADATA.match(text):
+        text = check_select(text, set(names))
     try:
-        return lake.spark.sql(statement.strip().rstrip(";"))
+        return lake.spark.sql(text)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SqlError(first) from None

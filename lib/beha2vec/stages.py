@@ -259,8 +259,11 @@ def _identity(ctx: Context, model: str, details: dict) -> str | None:
         return f"encoder v{version} {digest(path)}"
     settings = {"prefix": embed_lib.text_prefix(model, conf)}
     if kind == "openai":
+        from urllib.parse import urlsplit
+
+        url = urlsplit(conf.openai.base_url)  # host and path only: credentials never reach a table
         settings.update(dimensions=conf.openai.dimensions, tokens=conf.openai.max_tokens_per_input,
-                        tokenizer=conf.openai.tokenizer, base_url=conf.openai.base_url)
+                        tokenizer=conf.openai.tokenizer, endpoint=f"{url.hostname}:{url.port}{url.path}")
     return f"{model} {json.dumps(settings, sort_keys=True)}"
 
 

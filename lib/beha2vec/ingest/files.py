@@ -10,15 +10,23 @@ from __future__ import annotations
 import glob
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
 HIDDEN = (".", "_")
+# what reading a truncated or corrupted gzip file raises, at the point the damage is reached
+DAMAGED_GZIP = (EOFError, gzip.BadGzipFile, zlib.error)
 
 
 class InputError(ValueError):
     """The inputs cannot be read at all (nothing found, unreadable, missing columns)."""
+
+
+def damaged_gzip(exc: Exception) -> str:
+    """Reject reason for the point where a gzip file breaks off: what came before it is kept."""
+    return f"damaged gzip file ({exc}): the rest of the file cannot be read"
 
 
 @dataclass(frozen=True)
@@ -85,11 +93,17 @@ def is_parquet(path: str) -> bool:
 
 
 def is_blank(path: str) -> bool:
-    """True for a file with no content but whitespace (after decompression)."""
-    with open_binary(path, is_gzip(path)) as f:
-        for chunk in iter(lambda: f.read(1 << 16), b""):
-            if chunk.strip(b" \t\r\n" + UTF8_BOM):
-                return False
+    """True for a file with no content but whitespace (after decompression).
+
+    A damaged gzip file is not blank: the readers keep what precedes the damage and reject the rest.
+    """
+    try:
+        with open_binary(path, is_gzip(path)) as f:
+            for chunk in iter(lambda: f.read(1 << 16), b""):
+                if chunk.strip(b" \t\r\n" + UTF8_BOM):
+                    return False
+    except DAMAGED_GZIP:
+        return False
     return True
 
 
@@ -115,8 +129,11 @@ def plan_splits(paths: list[str], split_bytes: int, splittable: bool) -> list[Sp
 
 def read_header(path: str) -> tuple[str, int]:
     """First line of a (possibly gzip) file without BOM, and the byte length it occupied."""
-    with open_binary(path, is_gzip(path)) as f:
-        raw = f.readline(1_000_000)
+    try:
+        with open_binary(path, is_gzip(path)) as f:
+            raw = f.readline(1_000_000)
+    except DAMAGED_GZIP as exc:
+        raise InputError(f"{path}: damaged gzip file, its header cannot be read ({exc})") from exc
     text = raw[len(UTF8_BOM):] if raw.startswith(UTF8_BOM) else raw
     return text.decode("utf-8", errors="replace").rstrip("\r\n"), len(raw)
 

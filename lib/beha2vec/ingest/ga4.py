@@ -27,6 +27,9 @@ RAW_SCHEMA = (
 )
 
 PERMISSIVE = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt_record"}
+# Spark reads a bare JSON number into a string field through a double: an id such as
+# 1234567890.1234567890 would become 1.2345678901234567E9, so such ids are quoted before parsing
+BARE_NUMBER_ID = r'("(?:user_pseudo_id|user_id|transaction_id)"\s*:\s*)(-?[0-9][0-9.eE+-]*)'
 
 
 def param(name: str) -> Column:
@@ -56,7 +59,7 @@ def from_json_lines(records: DataFrame) -> DataFrame:
         "e",
         F.when(
             F.col("error").isNull(),
-            F.from_json("raw", RAW_SCHEMA, PERMISSIVE),
+            F.from_json(F.regexp_replace("raw", BARE_NUMBER_ID, '$1"$2"'), RAW_SCHEMA, PERMISSIVE),
         ),
     )
     partial = F.coalesce(F.col("e.event_timestamp"), F.col("e.user_pseudo_id"), F.col("e.event_name"))

@@ -43,7 +43,8 @@ def parse_timestamp(raw: Column) -> Column:
     exact_micros = (
         F.when(magnitude >= 1e14, F.when(magnitude < 1e17, exact).otherwise(F.floor(exact / 1000)))
     )
-    as_number = F.timestamp_micros(F.coalesce(exact_micros, micros).cast("long"))
+    # try_cast: a number too large for µs in a long (say "1e30") is an unreadable timestamp, not a crash
+    as_number = F.timestamp_micros(F.coalesce(exact_micros, micros).try_cast("long"))
     return F.when(raw.rlike(NUMERIC), as_number).otherwise(F.trim(raw).try_cast("timestamp"))
 
 
@@ -141,7 +142,9 @@ def finish(valid: DataFrame) -> DataFrame:
         .withColumn("event_date", F.to_date("event_ts"))
         .withColumn(
             "ga_session_id",
-            F.coalesce(F.col("ga_session_id").try_cast("double").try_cast("long").cast("string"),
+            # integers first: through a double, ids past 2**53 would change their last digits
+            F.coalesce(F.col("ga_session_id").try_cast("long").cast("string"),
+                       F.col("ga_session_id").try_cast("double").try_cast("long").cast("string"),
                        F.col("ga_session_id")),
         )
     )

@@ -17,7 +17,7 @@ from dataclasses import asdict
 import pyarrow as pa
 from pyspark.sql.datasource import DataSource, DataSourceReader, InputPartition
 
-from beha2vec.ingest.files import UTF8_BOM, Split, open_binary
+from beha2vec.ingest.files import DAMAGED_GZIP, UTF8_BOM, Split, damaged_gzip, open_binary
 
 PROVENANCE = ["file", "line", "offset", "raw", "error"]
 NAME = "beha2vec_records"
@@ -27,35 +27,39 @@ def iter_lines(split: Split, max_bytes: int) -> Iterator[tuple[int | None, int, 
     """Yield ``(line_no, offset, content, error)`` for every non-blank line of a split.
 
     A line belongs to the split in which it starts. Over-long lines are not loaded whole: their
-    first ``max_bytes`` are kept and the rest skipped.
+    first ``max_bytes`` are kept and the rest skipped. Where a gzip file breaks off, one last record
+    at that line carries the error: the lines before it are kept, the rest cannot be read.
     """
-    with open_binary(split.path, split.gzip) as f:
-        pos = 0
-        if split.start > 0:
-            f.seek(split.start - 1)
-            pos = split.start - 1 + len(f.readline())
-        line_no = split.first_line
-        while split.end < 0 or pos < split.end:
-            offset = pos
-            chunk = f.readline(max_bytes + 1)
-            if not chunk:
-                break
-            pos += len(chunk)
-            error = None
-            if len(chunk) > max_bytes and not chunk.endswith(b"\n"):
-                error = f"line longer than {max_bytes} bytes"
-                while True:
-                    rest = f.readline(1 << 20)
-                    pos += len(rest)
-                    if not rest or rest.endswith(b"\n"):
-                        break
-            content = chunk.rstrip(b"\r\n")
-            if offset == 0 and content.startswith(UTF8_BOM):
-                content = content[len(UTF8_BOM):]
-            if content.strip() or error:
-                yield line_no, offset, content, error
-            if line_no is not None:
-                line_no += 1
+    pos = 0
+    line_no = split.first_line
+    try:
+        with open_binary(split.path, split.gzip) as f:
+            if split.start > 0:
+                f.seek(split.start - 1)
+                pos = split.start - 1 + len(f.readline())
+            while split.end < 0 or pos < split.end:
+                offset = pos
+                chunk = f.readline(max_bytes + 1)
+                if not chunk:
+                    break
+                pos += len(chunk)
+                error = None
+                if len(chunk) > max_bytes and not chunk.endswith(b"\n"):
+                    error = f"line longer than {max_bytes} bytes"
+                    while True:
+                        rest = f.readline(1 << 20)
+                        pos += len(rest)
+                        if not rest or rest.endswith(b"\n"):
+                            break
+                content = chunk.rstrip(b"\r\n")
+                if offset == 0 and content.startswith(UTF8_BOM):
+                    content = content[len(UTF8_BOM):]
+                if content.strip() or error:
+                    yield line_no, offset, content, error
+                if line_no is not None:
+                    line_no += 1
+    except DAMAGED_GZIP as exc:
+        yield line_no, pos, b"", damaged_gzip(exc)
 
 
 def decode(content: bytes) -> tuple[str, str | None]:
@@ -74,13 +78,15 @@ def iter_csv(
 ) -> Iterator[tuple[int, int | None, str, str | None, list[str | None]]]:
     """Yield ``(line_no, None, raw, error, values)`` per CSV data row, values in ``columns`` order.
 
-    ``header_index`` maps each canonical column present in this file to its position.
+    ``header_index`` maps each canonical column present in this file to its position. A row with
+    more non-empty fields than the header has is rejected: a delimiter inside an unquoted value
+    shifted its fields, so they would land in the wrong columns.
     """
     csv.field_size_limit(max_bytes)
     with open_binary(split.path, split.gzip) as binary:
         text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
         reader = csv.reader(text)
-        next(reader, None)
+        header_width = len(next(reader, None) or [])
         width = None
         last_line = reader.line_num
         while True:
@@ -88,6 +94,9 @@ def iter_csv(
             try:
                 row = next(reader)
             except StopIteration:
+                break
+            except DAMAGED_GZIP as exc:
+                yield start_line, None, "", damaged_gzip(exc), [None] * len(columns)
                 break
             except csv.Error as exc:
                 last_line = reader.line_num
@@ -111,6 +120,8 @@ def iter_csv(
             error = None
             if len(row) < width:
                 error = f"expected at least {width} fields, found {len(row)}"
+            elif any(v.strip() for v in row[header_width:]):
+                error = f"{len(row)} fields but the header has {header_width}"
             positions = (header_index.get(c) for c in columns)
             values = [row[i] if i is not None and i < len(row) else None for i in positions]
             yield start_line, None, raw, error, values

@@ -1,0 +1,180 @@
+"""Benchmark: the whole pipeline end to end, in local mode and on a local standalone cluster.
+
+Why: a user wants to know what a run costs, and whether submitting to a cluster costs more than
+local mode on the same cores. For each size, synthetic GA4 data (made once, as bench/sessionize.py
+makes it) goes through every stage twice per repeat, on fresh lakes, with the same settings:
+
+* local: ``beha2vec --conf conf/local.yaml run --source ga4 DIR`` (Spark ``local[2]``);
+* standalone: ``spark-submit --master spark://127.0.0.1:PORT --py-files dist/beha2vec.zip
+  jobs/run.py ...`` in client mode, to a master and two 1-core workers started on this machine
+  (``make package`` first, as docs/cluster.md says).
+
+It reports the median wall time, the time of each stage (from the ``runs`` table), CPU seconds and
+peak memory (the driver's process tree, plus the workers' trees on the cluster) and the ratio
+standalone / local. ``--set`` settings apply to both; the default leaves out MiniLM, whose cost
+on 2 cores is measured by bench/embed.py (about 33 sessions/s) and would dominate every other stage.
+
+    python bench/pipeline.py --events 1000000 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from sessionize import ROOT, dataset, machine, measure, tree_usage
+
+sys.path.insert(0, str(ROOT / "tests"))
+from standalone_cluster import cluster_env, standalone  # noqa: E402
+
+BIN = Path(sys.executable).parent
+DEFAULT_SETTINGS = ["embed.models=[tfidf,features,encoder]"]
+STAGE_ORDER = ("ingest", "sessionize", "features", "train-encoder", "embed", "user-vectors", "cluster",
+               "evaluate", "profile", "interpret", "compare", "report")
+
+
+def stage_seconds(lake: Path) -> dict[str, float]:
+    """Seconds per stage of the lake's runs (embed sums its models), all of which must be ok."""
+    from deltalake import DeltaTable
+
+    runs = DeltaTable(str(lake / "runs")).to_pandas()
+    failed = runs[runs["status"] != "ok"]
+    if len(failed):
+        raise RuntimeError(f"failed stage runs in {lake}: {failed['stage'].tolist()}")
+    runs["seconds"] = (runs["finished_at"] - runs["started_at"]).dt.total_seconds()
+    return {k: round(float(v), 1) for k, v in runs.groupby("stage")["seconds"].sum().items()}
+
+
+def local_run(data: dict, lake: Path, log: Path, settings: list[str]) -> dict:
+    cmd = [str(BIN / "beha2vec"), "--conf", "conf/local.yaml", "--set", "spark.progress_bar=false",
+           *(a for kv in settings for a in ("--set", kv)), "--lake", str(lake),
+           "run", "--source", "ga4", data["folder"]]
+    result = measure(cmd, log)
+    result.pop("stdout")
+    return result | {"stages": stage_seconds(lake)}
+
+
+def standalone_run(data: dict, lake: Path, log: Path, settings: list[str], cluster) -> dict:
+    """The same run submitted to the cluster; the workers' process trees are sampled alongside."""
+    cmd = [str(BIN / "spark-submit"), "--master", cluster.url, "--deploy-mode", "client",
+           "--driver-memory", "4g", "--executor-memory", "3g",
+           "--py-files", str(ROOT / "dist" / "beha2vec.zip"),
+           str(ROOT / "jobs" / "run.py"), "--conf", "conf/local.yaml", "--set", "spark.progress_bar=false",
+           *(a for kv in settings for a in ("--set", kv)), "--lake", str(lake),
+           "--source", "ga4", data["folder"]]
+    peak, ticks, done = [0], {}, threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            usage = [tree_usage(w.pid) for w in cluster.workers]
+            peak[0] = max(peak[0], sum(rss for rss, _ in usage))
+            for _, cpu in usage:
+                ticks.update(cpu)
+            time.sleep(0.25)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = measure(cmd, log)
+    finally:
+        done.set()
+        sampler.join()
+    result.pop("stdout")
+    workers_cpu = sum(ticks.values()) / 100  # clock ticks (USER_HZ) of every executor and Python worker
+    return result | {"stages": stage_seconds(lake), "workers_peak_rss_gib": round(peak[0] / 2**30, 2),
+                     "workers_cpu_seconds": round(workers_cpu, 1),
+                     "total_cpu_seconds": round(result["cpu_seconds"] + workers_cpu, 1)}
+
+
+def summary(runs: list[dict]) -> dict:
+    stages = sorted({s for r in runs for s in r["stages"]}, key=STAGE_ORDER.index)
+    return {"runs": len(runs), "seconds": statistics.median(r["seconds"] for r in runs),
+            "cpu_seconds": statistics.median(r.get("total_cpu_seconds", r["cpu_seconds"]) for r in runs),
+            "peak_rss_gib": max(r["peak_rss_gib"] + r.get("workers_peak_rss_gib", 0) for r in runs),
+            "load_after": max(r["load_after"] for r in runs),
+            "stages": {s: statistics.median(r["stages"].get(s, 0.0) for r in runs) for s in stages}}
+
+
+def report(results: dict) -> str:
+    lines = [f"machine: {results['machine']}; settings: {results['settings']}"]
+    table = ["| events | sessions | mode | runs | median s | CPU s | peak GiB | load after |",
+             "|---|---|---|---|---|---|---|---|"]
+    stage_rows = []
+    for size in results["sizes"]:
+        modes = size["modes"]
+        for mode, s in modes.items():
+            table.append(f"| {size['data']['events']:,} | {size.get('sessions', 0):,} | {mode} | "
+                         f"{s['runs']} | {s['seconds']:.1f} | {s['cpu_seconds']:.1f} | "
+                         f"{s['peak_rss_gib']:.2f} | {s['load_after']} |")
+            stage_rows.append(f"| {size['data']['events']:,} | {mode} | "
+                              + " | ".join(f"{s['stages'].get(st, 0):.1f}" for st in STAGE_ORDER) + " |")
+        if {"local", "standalone"} <= modes.keys():
+            lines.append(f"{size['data']['events']:,} events: standalone / local = "
+                         f"{modes['standalone']['seconds'] / modes['local']['seconds']:.2f}")
+    head = "| events | mode | " + " | ".join(STAGE_ORDER) + " |"
+    return "\n".join([*lines, "", *table, "", "seconds per stage (medians):", head,
+                      "|" + "---|" * (len(STAGE_ORDER) + 2), *stage_rows])
+
+
+def sessions_of(lake: Path) -> int:
+    from deltalake import DeltaTable
+
+    return DeltaTable(str(lake / "sessions")).to_pyarrow_dataset().count_rows()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--modes", nargs="+", choices=("local", "standalone"),
+                        default=["local", "standalone"])
+    parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                        help=f"setting for both modes (default: {' '.join(DEFAULT_SETTINGS)})")
+    parser.add_argument("--report", action="store_true", help="only print WORKDIR/pipeline.json")
+    args = parser.parse_args(argv)
+    settings = DEFAULT_SETTINGS if args.set is None else args.set
+    workdir = args.workdir.resolve()
+    path = workdir / "pipeline.json"
+    if args.report:
+        print(report(json.loads(path.read_text())))
+        return 0
+    if "standalone" in args.modes:
+        subprocess.run(["make", "package"], cwd=ROOT, check=True, capture_output=True, env=cluster_env())
+    earlier = json.loads(path.read_text())["sizes"] if path.exists() else []
+    results = {"machine": machine(), "settings": settings,
+               "sizes": [s for s in earlier if s["target"] not in args.events]}
+    for target in args.events:
+        data = dataset(target, workdir)
+        print(f"{data['events']:,} events of {data['users']:,} users", flush=True)
+        runs: dict[str, list[dict]] = {m: [] for m in args.modes}
+        sessions = 0
+        for i in range(args.repeats):
+            for mode in args.modes:
+                lake = workdir / "lakes" / f"pipeline-{mode}"
+                log = workdir / "logs" / f"pipeline-{mode}-{i}.log"
+                subprocess.run(["rm", "-rf", str(lake)], check=True)
+                if mode == "local":
+                    result = local_run(data, lake, log, settings)
+                else:
+                    with standalone(workdir / "standalone", memory="4g") as cluster:
+                        result = standalone_run(data, lake, log, settings, cluster)
+                sessions = sessions_of(lake)
+                runs[mode].append(result)
+                print(f"  {mode} run {i + 1}: {result['seconds']:.1f} s {result['stages']}", flush=True)
+        results["sizes"].append({"target": target, "data": data, "sessions": sessions,
+                                 "modes": {m: summary(r) for m, r in runs.items()}, "runs": runs})
+        results["sizes"].sort(key=lambda s: s["data"]["events"])
+        path.write_text(json.dumps(results, indent=1, default=str))
+    print("\n" + report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

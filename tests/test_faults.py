@@ -1,0 +1,315 @@
+"""Faults on the lake: a process killed mid-write, an unwritable lake, foreign files in table folders.
+
+Each case checks what a user sees afterwards: the earlier table version, its rows and a content
+checksum, read through the lake in-process and through ``beha2vec sql``. One lake is built
+in-process per module and each test works on its own copy (Delta logs hold relative paths).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+from pyspark.sql import functions as F
+
+from beha2vec import stages
+from beha2vec.config import load_config
+from beha2vec.context import Context
+from beha2vec.lake import Lake
+from beha2vec.synth import SynthSummary, synth
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1"}
+QUIET = ("--set", "spark.progress_bar=false")
+DAYS = 14
+# users of a retry when the kill came after the commit (the first try uses the module's data)
+MORE_USERS = 1500
+
+
+def cli(*args: str, cwd: Path, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``beha2vec`` as a user runs it, not checked: these tests look at failures."""
+    return subprocess.run([*prefix, str(BIN / "beha2vec"), *args], capture_output=True, text=True,
+                          env=ENV, cwd=cwd, timeout=300)
+
+
+def fingerprint(df, key: str) -> tuple[int, int, int]:
+    """Rows, distinct keys and a sum of row hashes: equal tuples mean the same rows."""
+    row = df.agg(F.count(F.lit(1)), F.count_distinct(key),
+                 F.sum(F.xxhash64(*df.columns).cast("decimal(38,0)"))).first()
+    return int(row[0]), int(row[1]), int(row[2] or 0)
+
+
+def sql_fingerprint(lake: Path, table: str, key: str, cwd: Path) -> tuple[int, int, int]:
+    """:func:`fingerprint` through ``beha2vec sql`` (same columns in the same order, same hash)."""
+    proc = cli("--lake", str(lake), *QUIET, "sql",
+               f"SELECT count(*) AS n, count(DISTINCT {key}) AS k, "
+               f"sum(CAST(xxhash64(*) AS DECIMAL(38,0))) AS h FROM {table}", "--format", "json", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(proc.stdout)[0]
+    return int(row["n"]), int(row["k"]), int(row["h"])
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    """The CLI's one-line message; Spark's own log lines may come before it."""
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+def parquet_files(folder: Path) -> set[Path]:
+    return set(folder.rglob("*.parquet"))
+
+
+def active_files(lake: Lake, table: str) -> set[Path]:
+    paths = DeltaTable(lake.uri(table)).get_add_actions(flatten=True).column("path").to_pylist()
+    return {Path(lake.uri(table)) / p for p in paths}
+
+
+def context(spark, root: Path) -> Context:
+    """A stage context on ``root`` sharing the session-wide Spark session."""
+    ctx = Context(load_config(lake_root=str(root)))
+    ctx.__dict__["spark"] = spark
+    return ctx
+
+
+def live_members(pgid: int) -> list[int]:
+    """Processes of a process group that are not zombies (a zombie cannot write any more)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def kill_during_write(lake: Path, table: str, args: list[str], cwd: Path, timeout: float = 300) -> None:
+    """Run ``beha2vec ARGS`` and SIGKILL its whole process group (driver, JVM, Python workers) as
+    soon as new parquet files appear in the table's folder; fails when the command ends before."""
+    folder = lake / table
+    before = parquet_files(folder)
+    with open(cwd / "killed.stderr", "w") as log:
+        proc = subprocess.Popen([str(BIN / "beha2vec"), "--lake", str(lake), *QUIET, *args], env=ENV,
+                                cwd=cwd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not parquet_files(folder) - before:
+            assert proc.poll() is None, f"exited {proc.returncode} before writing {table}: " + (
+                cwd / "killed.stderr").read_text()[-3000:]
+            assert time.monotonic() < deadline, f"no new {table} files after {timeout} s"
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while live_members(proc.pid):
+        assert time.monotonic() < deadline, f"still running after SIGKILL: {live_members(proc.pid)}"
+        time.sleep(0.1)
+
+
+def first_week(data: Path) -> list[str]:
+    return sorted(str(p) for p in data.glob("events_*.json.gz"))[:7]
+
+
+@pytest.fixture(scope="module")
+def ga4(tmp_path_factory) -> tuple[Path, SynthSummary]:
+    """Two weeks of 300 users: about 16,000 events, whose events write takes seconds."""
+    out = tmp_path_factory.mktemp("data") / "ga4"
+    return out, synth("ga4", 300, DAYS, 3, 11, out)
+
+
+@pytest.fixture(scope="module")
+def base_lake(spark, ga4, tmp_path_factory) -> Path:
+    """Events of the first week and their sessions, written in-process."""
+    root = tmp_path_factory.mktemp("base") / "lake"
+    ctx = context(spark, root)
+    stages.ingest(ctx, "ga4", first_week(ga4[0]))
+    stages.sessionize(ctx)
+    return root
+
+
+@pytest.fixture
+def copied(base_lake, lake) -> Lake:
+    """This test's copy of the module's lake, as the ``lake`` fixture."""
+    shutil.copytree(base_lake, lake.root)
+    return lake
+
+
+def test_sigkill_during_ingest_keeps_the_previous_version_and_a_rerun_has_no_duplicates(
+        ctx, copied, ga4, tmp_path):
+    """The kill must land between the first parquet file and the commit; a kill after the commit
+    proves nothing, so it is retried on more data, and the test fails if that is late too."""
+    lake, root = copied, Path(copied.root)
+    data, summary = ga4
+    for attempt in range(2):
+        if attempt:
+            data = tmp_path / "more"
+            summary = synth("ga4", MORE_USERS, DAYS, 3, 11, data)
+            stages.ingest(ctx, "ga4", first_week(data))
+        version = lake.version("events")
+        before = fingerprint(lake.read("events"), "event_id")
+        assert 0 < before[0] < summary.events
+
+        existing = parquet_files(root / "events")
+        started = time.monotonic()
+        kill_during_write(root, "events", ["ingest", "--source", "ga4", str(data)], tmp_path)
+        print(f"{summary.users} users: killed {time.monotonic() - started:.1f} s after the start")
+        if lake.version("events") == version:
+            break
+        print(f"the kill came after the commit of events v{lake.version('events')}; more data")
+    else:
+        pytest.fail(f"both kills came after the commit, even with {MORE_USERS} users")
+
+    leftovers = parquet_files(root / "events") - existing
+    assert leftovers and not leftovers & active_files(lake, "events"), "the kill left no uncommitted files"
+    assert fingerprint(lake.read("events"), "event_id") == before
+
+    report = stages.ingest(ctx, "ga4", [str(data)])
+    after = fingerprint(lake.read("events"), "event_id")
+    assert after[0] == after[1] == summary.events == report["rows_out"]
+    assert lake.version("events") == version + 1
+
+
+def _unshare_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+def _tables(lake: Lake) -> dict:
+    return {t: (lake.version(t), fingerprint(lake.read(t), key))
+            for t, key in (("events", "event_id"), ("sessions", "session_id"))}
+
+
+@pytest.fixture(scope="module")
+def read_only_run(spark, base_lake, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, dict, dict]:
+    """``sessionize`` on a lake that a read-only bind mount makes unwritable (as root too, unlike
+    chmod); the lake's root and its tables before and after."""
+    if not _unshare_works():
+        pytest.skip("needs unprivileged user namespaces (unshare -rm) for a read-only bind mount")
+    root = tmp_path_factory.mktemp("ro") / "lake"
+    shutil.copytree(base_lake, root)
+    lake = Lake(spark, str(root))
+    before = _tables(lake)
+    wrap = ("unshare", "-rm", "sh", "-c",
+            f'mount --bind "{root}" "{root}" && mount -o remount,bind,ro "{root}" && exec "$0" "$@"')
+    proc = cli("--lake", str(root), *QUIET, "sessionize", cwd=root.parent, prefix=wrap)
+    return proc, root, before, _tables(lake)
+
+
+def test_read_only_lake_fails_in_one_line_and_keeps_every_version(read_only_run):
+    proc, root, before, after = read_only_run
+    assert proc.returncode == 2
+    assert f"writing table 'sessions' at {root}/sessions failed" in error_line(proc)
+    assert "Traceback" not in proc.stderr
+    assert after == before
+
+
+def test_read_only_lake_error_says_why(read_only_run):
+    line = error_line(read_only_run[0])
+    assert "An error occurred while calling" not in line
+    assert re.search(r"read-only file system|mkdirs failed|permission denied", line, re.I), line
+
+
+def test_lake_under_a_regular_file_fails_in_one_line(tmp_path):
+    """Works everywhere, also without user namespaces: the lake's parent is a file (ENOTDIR)."""
+    data = tmp_path / "ga4"
+    synth("ga4", 5, 1, 1, 1, data)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the lake's parent folder should be")
+    proc = cli("--lake", str(blocker / "lake"), *QUIET, "ingest", "--source", "ga4", str(data), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert re.match(rf"error: writing table '\w+' at {blocker}/lake/\w+ failed", error_line(proc))
+    assert "Traceback" not in proc.stderr
+
+
+def _copy_head(src: Path, dst: Path, fraction: float = 1.0) -> None:
+    data = src.read_bytes()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(data[: int(len(data) * fraction)])
+
+
+def test_foreign_files_in_a_table_folder_change_no_result(copied, tmp_path):
+    """Same-schema parquet copies would double rows for any reader that lists folders, and a torn
+    parquet file would fail it; the lake reads only the files of the Delta log."""
+    lake = copied
+    version = lake.version("events")
+    before = fingerprint(lake.read("events"), "event_id")
+    folder = Path(lake.root) / "events"
+    active = sorted(active_files(lake, "events"))
+    _copy_head(active[0], folder / "copy.parquet")
+    _copy_head(active[0], active[0].parent / "part-99999-stray.c000.snappy.parquet")
+    _copy_head(active[-1], folder / "source=ga4" / "part-00000-hive.snappy.parquet")
+    _copy_head(active[-1], folder / "source=ga4" / "torn.parquet", fraction=0.5)
+    (folder / "source=ga4" / "notes.txt").write_text("written by hand")
+    log = folder / "_delta_log"
+    newest = sorted(log.glob("*.json"))[-1]
+    _copy_head(newest, log / f"_commit_{uuid.uuid4()}.json.tmp", fraction=0.5)  # a killed delta-rs commit
+
+    assert fingerprint(lake.read("events"), "event_id") == before
+    assert sql_fingerprint(Path(lake.root), "events", "event_id", tmp_path) == before
+    assert lake.version("events") == version
+    assert {t.name: t.rows for t in lake.tables()}["events"] == before[0]
+
+
+@pytest.fixture(scope="module")
+def torn_commit(spark, base_lake, tmp_path_factory) -> dict:
+    """The events table with an empty, then a torn ``N+1.json``: what the readers saw."""
+    root = tmp_path_factory.mktemp("torn") / "lake"
+    shutil.copytree(base_lake, root)
+    lake = Lake(spark, str(root))
+    version = DeltaTable(lake.uri("events")).version()
+    seen: dict = {"root": root, "version": version, "before": fingerprint(lake.read("events"), "event_id")}
+    log = root / "events" / "_delta_log"
+    last, future = log / f"{version:020d}.json", log / f"{version + 1:020d}.json"
+    future.write_text("")
+    seen["empty"] = (DeltaTable(lake.uri("events")).version(), fingerprint(lake.read("events"), "event_id"))
+    try:
+        seen["lake_version"] = lake.version("events")
+    except Exception as exc:  # an empty commit has no history entry: the version must not need one
+        seen["lake_version"] = exc
+    future.write_text(last.read_text()[: last.stat().st_size // 2])
+    try:
+        lake.read("events")
+    except Exception as exc:  # whatever delta-rs raises is checked by the tests
+        seen["read_error"] = str(exc)
+    seen["previous"] = DeltaTable(lake.uri("events"), version=version).to_pyarrow_table(
+        columns=["event_id"]).column("event_id").to_pylist()
+    seen["sql"] = cli("--lake", str(root), *QUIET, "sql", "SELECT count(*) FROM events", cwd=root.parent)
+    return seen
+
+
+def test_torn_future_commit_is_refused_not_read_as_rows(torn_commit):
+    """delta-rs commits by rename, so a torn ``N.json`` only comes from another writer or a broken
+    disk; delta-rs then refuses the whole table rather than return other rows, and the version
+    before stays readable by number. An empty ``N.json`` reads as a commit without actions."""
+    version, before = torn_commit["version"], torn_commit["before"]
+    assert torn_commit["empty"] == (version + 1, before)
+    assert "Truncated record" in torn_commit["read_error"]
+    proc = torn_commit["sql"]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "Truncated record" in error_line(proc)
+    previous = torn_commit["previous"]
+    assert len(previous) == len(set(previous)) == before[0]
+
+
+def test_empty_future_commit_has_a_version(torn_commit):
+    assert torn_commit["lake_version"] == torn_commit["version"] + 1
+
+
+def test_torn_future_commit_error_names_the_table(torn_commit):
+    line = error_line(torn_commit["sql"])
+    assert f"{torn_commit['root']}/events" in line and "_delta_log" in line
