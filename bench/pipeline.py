@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -86,7 +88,7 @@ def standalone_run(data: dict, lake: Path, log: Path, settings: list[str], clust
         done.set()
         sampler.join()
     result.pop("stdout")
-    workers_cpu = sum(ticks.values()) / 100  # clock ticks (USER_HZ) of every executor and Python worker
+    workers_cpu = sum(ticks.values()) / os.sysconf("SC_CLK_TCK")  # every executor and Python worker
     return result | {"stages": stage_seconds(lake), "workers_peak_rss_gib": round(peak[0] / 2**30, 2),
                      "workers_cpu_seconds": round(workers_cpu, 1),
                      "total_cpu_seconds": round(result["cpu_seconds"] + workers_cpu, 1)}
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             for mode in args.modes:
                 lake = workdir / "lakes" / f"pipeline-{mode}"
                 log = workdir / "logs" / f"pipeline-{mode}-{i}.log"
-                subprocess.run(["rm", "-rf", str(lake)], check=True)
+                shutil.rmtree(lake, ignore_errors=True)
                 if mode == "local":
                     result = local_run(data, lake, log, settings)
                 else:

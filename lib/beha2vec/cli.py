@@ -220,10 +220,10 @@ def _train_encoder(ctx: Context, args: argparse.Namespace) -> None:
     from beha2vec import stages
     from beha2vec.encoder.registry import registry_root, versions
 
-    root = registry_root(ctx.config.encoder.registry, ctx.lake.root)
-    if getattr(args, "incremental", False) and versions(root):
-        print(f"train-encoder: kept v{versions(root)[-1]} (an incremental run trains only the first "
-              "encoder; run train-encoder to retrain)")
+    trained = versions(registry_root(ctx.config.encoder.registry, ctx.lake.root))
+    if getattr(args, "incremental", False) and trained:
+        print(f"train-encoder: kept v{trained[-1]} (an incremental run trains only the first encoder; "
+              "run train-encoder to retrain)")
         return
     report = stages.train_encoder(ctx, getattr(args, "resume_version", None))
     best = ", ".join(f"{k} {v:.3f}" for k, v in report["best"].items() if k not in ("epoch", "train_loss"))

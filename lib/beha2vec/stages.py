@@ -56,8 +56,8 @@ def ingest(ctx: Context, source: str, paths: list[str], incremental: bool = Fals
             collapsed = ingest_lib.collapse_duplicates(typed.where(F.col("reason").isNull()).drop("raw"))
             collapsed = collapsed.persist(StorageLevel.MEMORY_AND_DISK)
             # read by changed_users, events and (incrementally) rejects: URL parts are computed once
-            events_new = ingest_lib.to_events(collapsed, conf, derive_durations=source == "webtracking")
-            new = events_new = events_new.persist(StorageLevel.MEMORY_AND_DISK)
+            fresh = ingest_lib.to_events(collapsed, conf, derive_durations=source == "webtracking")
+            new = fresh = fresh.persist(StorageLevel.MEMORY_AND_DISK)
             rejects = ingest_lib.to_rejects(typed, collapsed, run.run_id, conf)
             old = (ctx.lake.read("events").where(F.col("source") == source)
                    if ctx.lake.exists("events") else None)
@@ -72,7 +72,7 @@ def ingest(ctx: Context, source: str, paths: list[str], incremental: bool = Fals
             events = ctx.lake.write(new, "events", replace={"source": source})
             written = ctx.lake.write(rejects, "rejects", replace={"stage": "ingest", "source": source})
             collapsed.unpersist()
-            events_new.unpersist()
+            fresh.unpersist()
         finally:
             typed.unpersist()
         _record_files(ctx, source, chosen, ledger, run.run_id, keep_unread=keep_unread)
@@ -244,19 +244,18 @@ def _model_rows(ctx: Context, model: str, sessions, details: dict):
 
 def _identity(ctx: Context, model: str, details: dict) -> str | None:
     """What a model's vector of one session depends on besides the session, for its fingerprint;
-    None for models fitted on all sessions (``tfidf``, standardised ``features``), which an
-    incremental run recomputes in full. Resolves (and records) the encoder version."""
+    None for models fitted on all sessions (``tfidf``, standardised ``features``), which are
+    always recomputed. The encoder's is its resolved version and weights (``details``)."""
     conf = ctx.config.embed
     kind = embed_lib.kind_of(model)
     if kind in ("tfidf", "features"):
         return None
     if kind == "encoder":
-        from beha2vec.encoder.registry import digest, registry_root, resolve
+        from pathlib import Path
 
-        root = registry_root(ctx.config.encoder.registry, ctx.lake.root)
-        version, path = resolve(root, model.partition(":")[2] or None)
-        details.update(version=version, model_path=str(path))
-        return f"encoder v{version} {digest(path)}"
+        from beha2vec.encoder.registry import digest
+
+        return f"encoder v{details['version']} {digest(Path(details['model_path']))}"
     settings = {"prefix": embed_lib.text_prefix(model, conf)}
     if kind == "openai":
         from urllib.parse import urlsplit
@@ -267,34 +266,36 @@ def _identity(ctx: Context, model: str, details: dict) -> str | None:
     return f"{model} {json.dumps(settings, sort_keys=True)}"
 
 
-def _reuse(ctx: Context, table: str, sessions, identity: str | None, model: str | None,
-           incremental: bool, details: dict):
-    """``(sessions to compute, rows to keep or None, fingerprints or None)`` of a per-session table:
-    with ``incremental``, the rows whose session and computation are unchanged are kept."""
+@contextmanager
+def _per_session(ctx: Context, table: str, sessions, identity: str | None, model: str | None,
+                 incremental: bool, details: dict):
+    """``(sessions to compute, complete)`` for a per-session table. ``complete(rows)`` gives the
+    computed rows their fingerprints (null without ``identity``) and, with ``incremental``, adds
+    the rows kept because their session and computation are unchanged (``details['reused']``).
+    The frames cached for this are released on exit."""
     from beha2vec.incremental import fingerprints, split
 
     if identity is None:
-        return sessions, None, None
+        yield sessions, lambda rows: rows.withColumn("fingerprint", F.lit(None).cast("string"))
+        return
     current = fingerprints(sessions, identity)
-    if incremental and not ctx.lake.exists(table):
-        details["reused"] = 0
     if not incremental or not ctx.lake.exists(table):
-        return sessions, None, current
+        if incremental:
+            details["reused"] = 0
+        yield sessions, lambda rows: rows.join(current, "session_id")
+        return
     previous = ctx.lake.read(table)
     if model is not None:
         previous = previous.where(F.col("model") == model)
+    current = current.persist(StorageLevel.MEMORY_AND_DISK)  # read by the split and by complete
     kept, todo = split(previous, sessions, current)
     kept = kept.persist(StorageLevel.MEMORY_AND_DISK)
-    details["reused"] = kept.count()
-    return todo, kept, current
-
-
-def _fingerprinted(rows, kept, current):
-    """Computed rows with their fingerprints (null for models fitted on all sessions), and the kept rows."""
-    if current is None:
-        return rows.withColumn("fingerprint", F.lit(None).cast("string"))
-    rows = rows.join(current, "session_id")
-    return rows if kept is None else kept.select(*rows.columns).unionByName(rows)
+    try:
+        details["reused"] = kept.count()
+        yield todo, lambda rows: kept.unionByName(rows.join(current, "session_id"))
+    finally:
+        kept.unpersist()
+        current.unpersist()
 
 
 def embed(ctx: Context, models: list[str] | None = None, incremental: bool = False) -> list[dict]:
@@ -308,20 +309,23 @@ def embed(ctx: Context, models: list[str] | None = None, incremental: bool = Fal
         with recorded(ctx.lake, ctx.config, "embed") as run:
             run.details["model"] = model
             sessions = ctx.lake.read("sessions")
-            identity = _identity(ctx, model, run.details)
             name = model
             if embed_lib.kind_of(model) == "encoder":
-                name = _encoder_name(model, run.details["version"])
-            todo, kept, current = _reuse(ctx, "session_embeddings", sessions, identity, name, incremental,
-                                         run.details)
-            rows, cached = _model_rows(ctx, model, todo, run.details)
-            try:
-                written = ctx.lake.write(_fingerprinted(rows, kept, current), "session_embeddings",
-                                         replace={"model": name})
-            finally:
-                for frame in (cached, kept):
-                    if frame is not None:
-                        frame.unpersist()
+                from beha2vec.encoder.registry import registry_root, resolve
+
+                root = registry_root(ctx.config.encoder.registry, ctx.lake.root)
+                version, path = resolve(root, model.partition(":")[2] or None)
+                run.details.update(version=version, model_path=str(path))
+                name = _encoder_name(model, version)
+            identity = _identity(ctx, model, run.details)
+            with _per_session(ctx, "session_embeddings", sessions, identity, name, incremental,
+                              run.details) as (todo, complete):
+                rows, cached = _model_rows(ctx, model, todo, run.details)
+                try:
+                    written = ctx.lake.write(complete(rows), "session_embeddings", replace={"model": name})
+                finally:
+                    if cached is not None:
+                        cached.unpersist()
             run.rows_in = sessions.count()
             run.rows_out = written.rows
             run.rows_rejected = 0
@@ -344,14 +348,10 @@ def features(ctx: Context, incremental: bool = False) -> dict:
         timezone = ctx.config.sessionize.timezone
         identity = json.dumps({"features": dataclasses.asdict(conf), "categories": categories,
                                "timezone": timezone}, sort_keys=True)
-        todo, kept, current = _reuse(ctx, "session_features", sessions, identity, None, incremental,
-                                     run.details)
-        rows = features_lib.session_features(todo, conf, categories, timezone)
-        try:
-            written = ctx.lake.write(_fingerprinted(rows, kept, current), "session_features")
-        finally:
-            if kept is not None:
-                kept.unpersist()
+        with _per_session(ctx, "session_features", sessions, identity, None, incremental,
+                          run.details) as (todo, complete):
+            rows = features_lib.session_features(todo, conf, categories, timezone)
+            written = ctx.lake.write(complete(rows), "session_features")
         run.rows_in = sessions.count()
         run.rows_out = written.rows
         run.details.update(features=len(features_lib.FEATURE_COLUMNS), categories=len(categories),

@@ -29,6 +29,11 @@ def damaged_gzip(exc: Exception) -> str:
     return f"damaged gzip file ({exc}): the rest of the file cannot be read"
 
 
+def damaged_header(path: str, exc: Exception) -> InputError:
+    """A gzip file damaged before its header ends: nothing of it can be read."""
+    return InputError(f"{path}: damaged gzip file, its header cannot be read ({exc})")
+
+
 @dataclass(frozen=True)
 class Split:
     """One read task: a file, or a byte range of a plain file."""
@@ -133,7 +138,7 @@ def read_header(path: str) -> tuple[str, int]:
         with open_binary(path, is_gzip(path)) as f:
             raw = f.readline(1_000_000)
     except DAMAGED_GZIP as exc:
-        raise InputError(f"{path}: damaged gzip file, its header cannot be read ({exc})") from exc
+        raise damaged_header(path, exc) from exc
     text = raw[len(UTF8_BOM):] if raw.startswith(UTF8_BOM) else raw
     return text.decode("utf-8", errors="replace").rstrip("\r\n"), len(raw)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from beha2vec.ingest.files import DAMAGED_GZIP, InputError, open_binary
+from beha2vec.ingest.files import DAMAGED_GZIP, InputError, damaged_header, open_binary
 
 NOMINAL_DAY_EPOCH_S = 938_476_800  # 1999-09-28T00:00:00Z
 SEQUENCES_MARKER = "% Sequences:"
@@ -38,7 +38,7 @@ def read_layout(path: str, compressed: bool) -> tuple[list[str], int, int]:
                 if line_no > 100:
                     break
     except DAMAGED_GZIP as exc:
-        raise InputError(f"{path}: damaged gzip file, its header cannot be read ({exc})") from exc
+        raise damaged_header(path, exc) from exc
     raise InputError(f"{path}: not in msnbc format (no '{SEQUENCES_MARKER}' line in the header)")
 
 
