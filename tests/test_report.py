@@ -53,9 +53,11 @@ def score_rows() -> list[tuple]:
         for k in (2, 3, 4):
             for seed in (1, 2):
                 silhouette = best - 0.1 * abs(k - 3) + 0.02 * seed
+                swept_and_chosen = k == 3 and seed == 1 and algorithm == "bisecting"
                 rows.append(("r1", "minilm", algorithm, k, seed, silhouette, 0.9 - 0.1 * abs(k - 3), 10.0, 5,
-                             0.1, 60, 4, 30, k == 3, k == 3 and seed == 1,
-                             k == 3 and seed == 1 and algorithm == "kmeans"))
+                             0.1, 40, 4, 30, k == 3, swept_and_chosen, False, False))
+    # kmeans swept a sample of 40 users; its chosen k=3, seed 1 was refitted on all 60
+    rows.append(("r1", "minilm", "kmeans", 3, 1, 0.432, 0.9, 10.0, 5, 0.2, 60, 6, 40, True, True, True, True))
     return rows
 
 
@@ -188,6 +190,8 @@ def test_report_is_offline_complete_and_escaped(full_report):
     assert html.count("<svg") == 1 + 1 + 1 + 3 * 3  # k plot, sizes, projection, 3 per cluster
     assert "no interpretations yet (run beha2vec interpret)" in html
     assert "<td><code>cluster_interpretations</code></td><td class=\"n\">absent</td>" in html
+    chosen = html.split("<th>selected</th>")[1].split("</table>")[0]
+    assert chosen.count("<tr>") == 2 and ">0.432<" in chosen and ">60<" in chosen  # the refit
 
 
 def test_report_with_some_tables_only(spark, lake, tmp_path):

@@ -10,7 +10,9 @@ The rule for k (stated once, in :func:`choose`): among the k whose stability is 
 ``min_stability``, the one with the highest mean silhouette over seeds; when no k is that stable,
 the highest mean silhouette overall (reported as such). At that k the seed with the best silhouette
 gives the users' clusters. Clusters with fewer users than ``max(min_users, min_share × users)`` are
-marked ``is_small``: kept in the tables, left out of interpretation.
+marked ``is_small``: kept in the tables, left out of interpretation. Above ``sweep_users`` users the
+sweep runs on a seeded sample and each algorithm's chosen fit is refitted on every user
+(docs/clustering.md gives the sample silhouette's error bound).
 
 Speed, measured here (docs/clustering.md, docs/benchmarks.md): an MLlib fit is a chain of small
 Spark jobs, one per iteration. MLlib caches its own NaN-checked copy of the input only when the
@@ -81,6 +83,7 @@ def validate(conf: ClusterConfig) -> None:
         (conf.max_iter >= 1 and conf.parallel_fits >= 1, "cluster.max_iter and parallel_fits must be >= 1"),
         (0 <= conf.min_stability <= 1, f"cluster.min_stability must be in [0, 1], got {conf.min_stability}"),
         (0 <= conf.min_share < 1, f"cluster.min_share must be in [0, 1), got {conf.min_share}"),
+        (conf.sweep_users >= 0, f"cluster.sweep_users must be >= 0 (0: every user), got {conf.sweep_users}"),
     ]
     for ok, message in problems:
         if not ok:
@@ -131,32 +134,85 @@ def small_threshold(n_users: int, conf: ClusterConfig) -> int:
     return max(conf.min_users, math.ceil(conf.min_share * n_users))
 
 
+def sweep_rows(data: DataFrame, n_users: int, conf: ClusterConfig) -> DataFrame:
+    """The users the k sweep fits: all of them, or about ``sweep_users`` chosen by seeded hash.
+
+    A hash filter rather than a sort, so the sample costs one streaming pass and every fit can
+    recompute it from the table instead of caching it.
+    """
+    if not conf.sweep_users or n_users <= conf.sweep_users:
+        return data
+    buckets = 1_000_000
+    keep = math.ceil(conf.sweep_users / n_users * buckets)
+    return data.where(F.pmod(F.xxhash64(F.lit(conf.seeds[0]), "user_id"), F.lit(buckets)) < keep)
+
+
+def _prepared(data: DataFrame, n_users: int) -> DataFrame:
+    """Small inputs packed into one cached partition; large ones left for MLlib to cache (module doc)."""
+    if n_users <= CACHE_BELOW:
+        return data.repartition(1).persist(StorageLevel.MEMORY_AND_DISK)
+    return data
+
+
 def sweep(vectors: DataFrame, conf: ClusterConfig, name: str) -> tuple[pd.DataFrame, dict[str, Fit]]:
     """Every fit of one model's ``user_vectors`` rows: (scores, chosen fit per algorithm).
 
+    With more than ``sweep_users`` users the sweep runs on a seeded sample of them and the chosen
+    (algorithm, k, seed) of each algorithm is fitted again on every user; that refit, scored on every
+    user, is the one whose clusters users get (its row in the scores has ``refit`` true).
     ``vectors`` should not be cached by the caller (see the module doc).
     """
     validate(conf)
     n_users = vectors.count()
     data = vectors.select("user_id", array_to_vector("vector").alias("features"))
-    if n_users <= CACHE_BELOW:
-        data = data.repartition(1).persist(StorageLevel.MEMORY_AND_DISK)
+    swept = sweep_rows(data, n_users, conf)
+    n_swept = swept.count() if swept is not data else n_users
+    fit_data = _prepared(swept, n_swept)
     sample = (data.orderBy(F.xxhash64(F.lit(conf.seeds[0]), "user_id"), "user_id")
               .limit(conf.stability_sample).coalesce(1).persist(StorageLevel.MEMORY_AND_DISK))
-    ks = [k for k in range(conf.k_min, conf.k_max + 1) if k < n_users]
+    ks = [k for k in range(conf.k_min, conf.k_max + 1) if k < n_swept]
     if not ks:
-        raise ValueError(f"model '{name}': {n_users} users cannot form {conf.k_min} or more clusters")
+        raise ValueError(f"model '{name}': {n_swept} users cannot form {conf.k_min} or more clusters")
+    if n_swept < n_users:
+        log.info("cluster %s: k sweep on %d of %d users (cluster.sweep_users)", name, n_swept, n_users)
     jobs = list(itertools.product(conf.algorithms, ks, conf.seeds))
     fits: list[Fit] = []
     try:
         with ThreadPoolExecutor(conf.parallel_fits) as pool:
-            futures = [pool.submit(fit_one, data, sample, a, k, s, conf) for a, k, s in jobs]
+            futures = [pool.submit(fit_one, fit_data, sample, a, k, s, conf) for a, k, s in jobs]
             for future in tqdm(as_completed(futures), total=len(futures), desc=f"cluster {name}",
                                unit="fit", leave=False):
                 fits.append(future.result())
+        scores = _scores(fits, name, n_swept, conf)
+        by_key = {(f.algorithm, f.k, f.seed): f for f in fits}
+        chosen = {r.algorithm: by_key[(r.algorithm, r.k, r.seed)]
+                  for r in scores[scores["chosen"]].itertuples()}
+        if n_swept < n_users:
+            chosen = _refit(data, n_users, sample, chosen, conf)
+            scores["chosen"] = False
+            refits = _scores(list(chosen.values()), name, n_users, conf)
+            swept_stability = scores.groupby(["algorithm", "k"])["stability"].first()
+            refits["stability"] = [swept_stability[(r.algorithm, r.k)] for r in refits.itertuples()]
+            refits["chosen_k"] = refits["chosen"] = refits["refit"] = True
+            scores = pd.concat([scores, refits], ignore_index=True)
     finally:
         sample.unpersist()
-        data.unpersist()
+        fit_data.unpersist()
+    return scores.sort_values(["algorithm", "refit", "k", "seed"], ignore_index=True), chosen
+
+
+def _refit(data: DataFrame, n_users: int, sample: DataFrame, chosen: dict[str, Fit],
+           conf: ClusterConfig) -> dict[str, Fit]:
+    """The chosen (k, seed) of each algorithm fitted again on every user."""
+    all_rows = _prepared(data, n_users)
+    try:
+        return {a: fit_one(all_rows, sample, a, f.k, f.seed, conf) for a, f in chosen.items()}
+    finally:
+        all_rows.unpersist()
+
+
+def _scores(fits: list[Fit], name: str, n_users: int, conf: ClusterConfig) -> pd.DataFrame:
+    """One row per fit, with each k's stability and each algorithm's chosen k and fit marked."""
     scores = pd.DataFrame([{"model": name, "algorithm": f.algorithm, "k": f.k, "seed": f.seed,
                             "silhouette": f.silhouette, "cost": f.cost, "iterations": f.iterations,
                             "fit_s": f.fit_s, "n_users": n_users, "smallest": min(f.sizes),
@@ -166,18 +222,16 @@ def sweep(vectors: DataFrame, conf: ClusterConfig, name: str) -> tuple[pd.DataFr
                                                    key=lambda f: (f.algorithm, f.k)):
         at = (scores["algorithm"] == algorithm) & (scores["k"] == k)
         scores.loc[at, "stability"] = stability([f.sample_labels for f in group])
-    scores["chosen_k"] = scores["chosen"] = False
-    chosen: dict[str, Fit] = {}
+    scores["chosen_k"] = scores["chosen"] = scores["refit"] = False
     for algorithm, group in scores.groupby("algorithm"):
         k, seed, stable = choose(group, conf.min_stability)
         if not stable:
             log.warning("cluster %s/%s: no k reaches stability %.2f; k=%d has the best silhouette",
                         name, algorithm, conf.min_stability, k)
-        scores.loc[(scores["algorithm"] == algorithm) & (scores["k"] == k), "chosen_k"] = True
-        scores.loc[(scores["algorithm"] == algorithm) & (scores["k"] == k) & (scores["seed"] == seed),
-                   "chosen"] = True
-        chosen[str(algorithm)] = next(f for f in fits if (f.algorithm, f.k, f.seed) == (algorithm, k, seed))
-    return scores.sort_values(["algorithm", "k", "seed"], ignore_index=True), chosen
+        at_k = (scores["algorithm"] == algorithm) & (scores["k"] == k)
+        scores.loc[at_k, "chosen_k"] = True
+        scores.loc[at_k & (scores["seed"] == seed), "chosen"] = True
+    return scores
 
 
 def assignments(vectors: DataFrame, name: str, fit: Fit, conf: ClusterConfig) -> DataFrame:

@@ -220,6 +220,7 @@ class ClusterConfig:
     parallel_fits: int = 4
     min_stability: float = 0.6
     stability_sample: int = 20_000
+    sweep_users: int = 20_000
     min_users: int = 5
     min_share: float = 0.01
     select_model: str = ""

@@ -83,7 +83,11 @@ def score_curves(scores: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def scores_figure(scores: pd.DataFrame) -> Markup:
-    """Silhouette and stability against k for one model: a line per algorithm, chosen k dashed."""
+    """Silhouette and stability against k for one model: a line per algorithm, chosen k dashed.
+
+    The sweep's fits only: a refit of the chosen k on every user is listed in the chosen table.
+    """
+    scores = scores[~scores["refit"].fillna(False).astype(bool)]
     fig = Figure(figsize=(9, 3.2))
     colors = {a: f"C{i}" for i, a in enumerate(sorted(scores["algorithm"].unique()))}
     chosen = scores[scores["chosen_k"].fillna(False).astype(bool)]
@@ -192,8 +196,8 @@ def evaluation_context(evaluation: pd.DataFrame) -> list[dict]:
 def scores_context(scores: pd.DataFrame) -> dict:
     """One figure per model and the chosen fit of each algorithm."""
     chosen = scores[scores["chosen"].fillna(False).astype(bool)].sort_values(["model", "algorithm"])
-    columns = ["model", "algorithm", "k", "seed", "silhouette", "stability", "smallest", "largest",
-               "selected"]
+    columns = ["model", "algorithm", "k", "seed", "n_users", "silhouette", "stability", "smallest",
+               "largest", "selected"]
     return {"figures": [(m, scores_figure(s)) for m, s in scores.groupby("model")],
             "chosen": chosen[columns].to_dict("records")}
 
