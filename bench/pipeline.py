@@ -15,6 +15,10 @@ standalone / local. ``--set`` settings apply to both; the default leaves out Min
 on 2 cores is measured by bench/embed.py (about 33 sessions/s) and would dominate every other stage.
 
     python bench/pipeline.py --events 1000000 --repeats 1
+
+``--msnbc FILE --users N ...`` runs local mode on the first N users of the real msnbc data instead
+(``--source msnbc``, with MSNBC_SETTINGS: msnbc has one untimed line per user, so a user's
+"sessions" are 10-request pieces, as in docs/encoder.md).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from standalone_cluster import cluster_env, standalone  # noqa: E402
 
 BIN = Path(sys.executable).parent
 DEFAULT_SETTINGS = ["embed.models=[tfidf,features,encoder]"]
+MSNBC_SETTINGS = [*DEFAULT_SETTINGS, "sessionize.max_events=10", "user_vectors.min_sessions=1",
+                  "evaluate.min_sessions=5"]
 STAGE_ORDER = ("ingest", "sessionize", "features", "train-encoder", "embed", "user-vectors", "cluster",
                "evaluate", "profile", "interpret", "compare", "report")
 
@@ -56,7 +62,7 @@ def stage_seconds(lake: Path) -> dict[str, float]:
 def local_run(data: dict, lake: Path, log: Path, settings: list[str]) -> dict:
     cmd = [str(BIN / "beha2vec"), "--conf", "conf/local.yaml", "--set", "spark.progress_bar=false",
            *(a for kv in settings for a in ("--set", kv)), "--lake", str(lake),
-           "run", "--source", "ga4", data["folder"]]
+           "run", "--source", data.get("source", "ga4"), data["folder"]]
     result = measure(cmd, log)
     result.pop("stdout")
     return result | {"stages": stage_seconds(lake)}
@@ -130,6 +136,19 @@ def sessions_of(lake: Path) -> int:
     return DeltaTable(str(lake / "sessions")).to_pyarrow_dataset().count_rows()
 
 
+def msnbc_dataset(path: Path, users: int, workdir: Path) -> dict:
+    """The header and the first ``users`` lines of an msnbc file, written once per size."""
+    out = workdir / "data" / f"msnbc-{users}" / path.name
+    lines = path.read_text().splitlines(keepends=True)
+    header = next(i for i, line in enumerate(lines) if line.strip() and line.split()[0].isdigit())
+    body = lines[header:header + users]
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(lines[:header] + body))
+    return {"folder": str(out), "source": "msnbc", "users": len(body),
+            "events": sum(len(line.split()) for line in body)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, nargs="+", default=[1_000_000])
@@ -137,23 +156,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", choices=("local", "standalone"),
                         default=["local", "standalone"])
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--msnbc", type=Path, help="an msnbc .seq file: local runs on its first --users")
+    parser.add_argument("--users", type=int, nargs="+", default=[100_000])
     parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                         help=f"setting for both modes (default: {' '.join(DEFAULT_SETTINGS)})")
-    parser.add_argument("--report", action="store_true", help="only print WORKDIR/pipeline.json")
+    parser.add_argument("--report", action="store_true", help="only print the saved results (WORKDIR/pipeline[-msnbc].json)")
     args = parser.parse_args(argv)
-    settings = DEFAULT_SETTINGS if args.set is None else args.set
+    settings = (MSNBC_SETTINGS if args.msnbc else DEFAULT_SETTINGS) if args.set is None else args.set
     workdir = args.workdir.resolve()
-    path = workdir / "pipeline.json"
+    path = workdir / ("pipeline-msnbc.json" if args.msnbc else "pipeline.json")
     if args.report:
         print(report(json.loads(path.read_text())))
         return 0
+    if args.msnbc:
+        args.modes = ["local"]
+        sizes = [(f"msnbc-{n}", msnbc_dataset(args.msnbc, n, workdir)) for n in args.users]
+    else:
+        sizes = [(n, None) for n in args.events]
     if "standalone" in args.modes:
         subprocess.run(["make", "package"], cwd=ROOT, check=True, capture_output=True, env=cluster_env())
     earlier = json.loads(path.read_text())["sizes"] if path.exists() else []
     results = {"machine": machine(), "settings": settings,
-               "sizes": [s for s in earlier if s["target"] not in args.events]}
-    for target in args.events:
-        data = dataset(target, workdir)
+               "sizes": [s for s in earlier if s["target"] not in [t for t, _ in sizes]]}
+    for target, data in sizes:
+        data = data or dataset(target, workdir)
         print(f"{data['events']:,} events of {data['users']:,} users", flush=True)
         runs: dict[str, list[dict]] = {m: [] for m in args.modes}
         sessions = 0

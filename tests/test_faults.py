@@ -26,6 +26,7 @@ from beha2vec import stages
 from beha2vec.config import load_config
 from beha2vec.context import Context
 from beha2vec.lake import Lake
+from beha2vec.sql import query
 from beha2vec.synth import SynthSummary, synth
 
 BIN = Path(sys.executable).parent
@@ -289,6 +290,8 @@ def torn_commit(spark, base_lake, tmp_path_factory) -> dict:
     seen["previous"] = DeltaTable(lake.uri("events"), version=version).to_pyarrow_table(
         columns=["event_id"]).column("event_id").to_pylist()
     seen["sql"] = cli("--lake", str(root), *QUIET, "sql", "SELECT count(*) FROM events", cwd=root.parent)
+    seen["other_table"] = query(lake, "SELECT count(*) AS n FROM sessions").collect()[0]["n"]
+    seen["sessions"] = DeltaTable(lake.uri("sessions")).to_pyarrow_dataset().count_rows()
     return seen
 
 
@@ -313,3 +316,7 @@ def test_empty_future_commit_has_a_version(torn_commit):
 def test_torn_future_commit_error_names_the_table(torn_commit):
     line = error_line(torn_commit["sql"])
     assert f"{torn_commit['root']}/events" in line and "_delta_log" in line
+
+
+def test_a_damaged_table_leaves_queries_of_the_others_working(torn_commit):
+    assert torn_commit["other_table"] == torn_commit["sessions"] > 0

@@ -252,11 +252,12 @@ class Lake:
     def tables(self) -> list[TableInfo]:
         """Every Delta table under the root with its version, row count and file count."""
         infos = []
-        for name in self._table_names():
+        for name in self.table_names():
             infos.append(self._info(name))
         return infos
 
-    def _table_names(self) -> list[str]:
+    def table_names(self) -> list[str]:
+        """Every Delta table under the root, the known ones first in pipeline order."""
         base = self._fs_root
         try:
             entries = self._fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))

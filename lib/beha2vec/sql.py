@@ -17,18 +17,26 @@ WRAPPED_QUERY = re.compile(r"^\s*(explain(?:\s+(?:extended|formatted|codegen|cos
                            r"\s+(.*)$", re.I | re.S)
 METADATA = re.compile(r"^\s*(show|describe|desc)\b", re.I)
 FORMATS = ("table", "csv", "json")
+NOT_FOUND = re.compile(r"TABLE_OR_VIEW_NOT_FOUND\].*?`([^`]+)`")
 
 
 class SqlError(ValueError):
     """The statement is not a read-only query, or it failed."""
 
 
-def register_views(lake: Lake) -> list[str]:
-    """Every table in the lake as a temporary view of the same name."""
-    names = [t.name for t in lake.tables()]
-    for name in names:
-        lake.read(name).createOrReplaceTempView(name)
-    return names
+def register_views(lake: Lake) -> tuple[list[str], dict[str, str]]:
+    """Every readable table as a temporary view of its name, and why each other table is not.
+
+    One damaged table must not stop queries that do not touch it.
+    """
+    names, damaged = [], {}
+    for name in lake.table_names():
+        try:
+            lake.read(name).createOrReplaceTempView(name)
+            names.append(name)
+        except Exception as exc:  # any reader's error: it is reported when a query names the table
+            damaged[name] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return names, damaged
 
 
 def query(lake: Lake, statement: str) -> DataFrame:
@@ -43,17 +51,19 @@ def query(lake: Lake, statement: str) -> DataFrame:
     text = statement.strip().rstrip(";")
     if not READ_ONLY.match(text) or ";" in text:
         raise SqlError("only one read-only statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN) is allowed")
-    names = register_views(lake)
+    names, damaged = register_views(lake)
+    known = set(names) | set(damaged)  # a damaged table is not unknown: its view is just missing
     wrapped = WRAPPED_QUERY.match(text)
     if wrapped:
-        text = f"{wrapped.group(1)} {check_select(wrapped.group(2), set(names))}"
+        text = f"{wrapped.group(1)} {check_select(wrapped.group(2), known)}"
     elif not METADATA.match(text):
-        text = check_select(text, set(names))
+        text = check_select(text, known)
     try:
         return lake.spark.sql(text)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SqlError(first) from None
+        missing = NOT_FOUND.search(first)
+        raise SqlError(damaged.get(missing[1], first) if missing else first) from None
 
 
 def _cell(value) -> str:
