@@ -12,7 +12,7 @@ from pyspark.sql import types as T
 
 from beha2vec.config import ConfigError, UserVectorsConfig
 from beha2vec.tables import SESSION_EMBEDDINGS
-from beha2vec.user_vectors import COMBINED, project_sparse, projection, user_vectors, validate
+from beha2vec.user_vectors import COMBINED, project_sparse, projection, unit_scaled, user_vectors, validate
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 SESSIONS = T.StructType([T.StructField("session_id", T.StringType()),
@@ -50,6 +50,14 @@ def test_projection_is_seeded_and_keeps_small_sparse_vectors_exact():
     assert small.tolist() == [1.0, 0.0, 0.0, 0.0, 2.0]
     matrix = projection(1000, 16, 7)
     np.testing.assert_allclose(large, matrix[3] + 2 * matrix[999], rtol=1e-6)
+
+
+def test_unit_scaled_keeps_zero_vectors_and_float32():
+    out = unit_scaled(pd.Series([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0, 0.0]], index=[5, 6, 7]), 2.0)
+    assert out.index.tolist() == [5, 6, 7]
+    np.testing.assert_allclose(out[5], [1.2, 1.6], rtol=1e-6)
+    assert out[6].tolist() == [0.0, 0.0] and out[7].tolist() == [2.0, 0.0, 0.0]
+    assert all(v.dtype == np.float32 for v in out)
 
 
 def test_random_projection_keeps_distances_roughly():

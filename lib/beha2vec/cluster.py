@@ -42,6 +42,7 @@ from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.functions import array_to_vector
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 from sklearn.metrics import adjusted_rand_score
 from tqdm.auto import tqdm
 
@@ -234,19 +235,30 @@ def _scores(fits: list[Fit], name: str, n_users: int, conf: ClusterConfig) -> pd
     return scores
 
 
+def center_distances(vectors: pd.Series, clusters: pd.Series, centers: np.ndarray) -> pd.Series:
+    """Euclidean distance of each vector to its cluster's centre; pure, for the pandas UDF (numpy,
+    not Spark's higher-order functions, which Spark 4.2 interprets element by element)."""
+    if not len(vectors):
+        return pd.Series([], index=vectors.index, dtype=np.float64)
+    matrix = np.stack([np.asarray(v, dtype=np.float64) for v in vectors])
+    return pd.Series(np.linalg.norm(matrix - centers[clusters.to_numpy()], axis=1), index=vectors.index)
+
+
 def assignments(vectors: DataFrame, name: str, fit: Fit, conf: ClusterConfig) -> DataFrame:
     """Each user's cluster in ``fit``, the euclidean distance to its centre, and ``is_small``."""
-    centers = F.array(*(F.array(*(F.lit(float(x)) for x in c)) for c in fit.model.clusterCenters()))
+    centers = np.asarray(fit.model.clusterCenters(), dtype=np.float64)
+
+    def distance(vector: pd.Series, cluster: pd.Series) -> pd.Series:
+        return center_distances(vector, cluster, centers)
+
     data = vectors.select("user_id", "vector", array_to_vector("vector").alias("features"))
     labelled = fit.model.transform(data).withColumn("cluster", F.col("prediction").cast("int"))
-    center = F.element_at(centers, F.col("cluster") + 1)
-    squared = F.aggregate(F.zip_with("vector", center, lambda a, b: (a - b) * (a - b)), F.lit(0.0),
-                          lambda acc, x: acc + x)
     small = [i for i, size in enumerate(fit.sizes) if size < small_threshold(sum(fit.sizes), conf)]
     return labelled.select(
         "user_id", F.lit(name).alias("model"), F.lit(fit.algorithm).alias("algorithm"),
         F.lit(fit.k).alias("k"), F.lit(fit.seed).alias("seed"), "cluster",
-        F.sqrt(squared).alias("distance"), F.col("cluster").isin(small).alias("is_small"))
+        F.pandas_udf(distance, T.DoubleType())("vector", "cluster").alias("distance"),
+        F.col("cluster").isin(small).alias("is_small"))
 
 
 def selected_model(models: list[str], conf: ClusterConfig, combined: str) -> str:

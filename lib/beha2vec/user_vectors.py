@@ -136,10 +136,26 @@ def _medians(sessions: DataFrame) -> DataFrame:
         .alias("median"))
 
 
-def l2_normalize(vector):
-    """The vector divided by its euclidean length; a zero vector stays zero."""
-    norm = F.sqrt(F.aggregate(vector, F.lit(0.0), lambda acc, x: acc + x * x))
-    return F.when(norm > 0, F.transform(vector, lambda x: (x / norm).cast("float"))).otherwise(vector)
+def unit_scaled(vectors: pd.Series, scale: float = 1.0) -> pd.Series:
+    """Each vector divided by its euclidean length and times ``scale``; a zero vector stays zero.
+
+    Pure, for the pandas UDF: in numpy rather than in Spark's higher-order functions, which Spark 4.2
+    interprets element by element (they made this stage the slowest one at 600,000 users).
+    """
+    out = []
+    for vector in vectors:
+        v = np.asarray(vector, dtype=np.float32)
+        norm = float(np.linalg.norm(v))
+        out.append(v * np.float32(scale / norm) if norm > 0 else v)
+    return pd.Series(out, index=vectors.index, dtype=object)
+
+
+def l2_normalize(vector, scale: float = 1.0):
+    """The column's vectors at unit length times ``scale`` (:func:`unit_scaled`)."""
+    def normalized(vectors: pd.Series) -> pd.Series:
+        return unit_scaled(vectors, scale)
+
+    return F.pandas_udf(normalized, T.ArrayType(T.FloatType()))(vector)
 
 
 def standardize(vectors: DataFrame) -> DataFrame:
@@ -154,16 +170,12 @@ def standardize(vectors: DataFrame) -> DataFrame:
             .withColumn("vector", scaled).drop("mu", "sd"))
 
 
-def _scaled(vector, factor: float):
-    return F.transform(vector, lambda x: (x * factor).cast("float"))
-
-
 def combine(vectors: DataFrame, weights: dict[str, float]) -> DataFrame:
     """``combined`` vectors of the users present in every weighted model (see module doc)."""
     blocks = [
         vectors.where(F.col("model") == name).select(
             "user_id",
-            _scaled(l2_normalize(F.col("vector")), math.sqrt(w)).alias(f"v{i}"),
+            l2_normalize(F.col("vector"), math.sqrt(w)).alias(f"v{i}"),
             F.col("n_sessions").alias(f"n{i}"))
         for i, (name, w) in enumerate(sorted(weights.items()))
     ]
