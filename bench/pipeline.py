@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, nargs="+", default=[100_000])
     parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                         help=f"setting for both modes (default: {' '.join(DEFAULT_SETTINGS)})")
-    parser.add_argument("--report", action="store_true", help="only print the saved results (WORKDIR/pipeline[-msnbc].json)")
+    parser.add_argument("--report", action="store_true",
+                        help="only print the saved results (WORKDIR/pipeline[-msnbc].json)")
     args = parser.parse_args(argv)
     settings = (MSNBC_SETTINGS if args.msnbc else DEFAULT_SETTINGS) if args.set is None else args.set
     workdir = args.workdir.resolve()

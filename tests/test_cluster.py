@@ -110,18 +110,18 @@ def test_large_inputs_go_to_mllib_uncached_with_the_same_result(spark, monkeypat
     pd.testing.assert_frame_equal(cached[columns], uncached[columns])
 
 
-def test_sweep_on_a_sample_refits_the_chosen_k_on_every_user(spark):
+def test_sweep_on_a_sample_scores_the_chosen_fit_on_every_user(spark):
     rows, truth = blobs()
     vectors = spark.createDataFrame(rows, VECTORS)
     conf = ClusterConfig(k_min=2, k_max=4, seeds=[1, 2], min_users=10, sweep_users=40)
     scores, chosen = sweep(vectors, conf, "m")
-    swept, refits = scores[~scores["refit"]], scores[scores["refit"]]
+    swept, every = scores[~scores["all_users"]], scores[scores["all_users"]]
     assert len(swept) == 2 * 3 * 2 and swept["n_users"].nunique() == 1
     assert 25 <= swept["n_users"].iloc[0] < 63  # the seeded sample, about sweep_users
     assert not swept["chosen"].any() and swept["chosen_k"].sum() == 2 * 2
-    assert sorted(refits["algorithm"]) == ["bisecting", "kmeans"]
-    assert refits["n_users"].eq(63).all() and refits["chosen"].all() and refits["k"].eq(3).all()
-    assert refits["stability"].notna().all()
+    assert sorted(every["algorithm"]) == ["bisecting", "kmeans"]
+    assert every["n_users"].eq(63).all() and every["chosen"].all() and every["k"].eq(3).all()
+    assert every["stability"].notna().all()
     for algorithm, fit in chosen.items():
         assert sum(fit.sizes) == 63, algorithm
         labelled = assignments(vectors, "m", fit, conf).toPandas()

@@ -56,7 +56,7 @@ def score_rows() -> list[tuple]:
                 swept_and_chosen = k == 3 and seed == 1 and algorithm == "bisecting"
                 rows.append(("r1", "minilm", algorithm, k, seed, silhouette, 0.9 - 0.1 * abs(k - 3), 10.0, 5,
                              0.1, 40, 4, 30, k == 3, swept_and_chosen, False, False))
-    # kmeans swept a sample of 40 users; its chosen k=3, seed 1 was refitted on all 60
+    # kmeans swept a sample of 40 users; its chosen k=3, seed 1 scored on all 60
     rows.append(("r1", "minilm", "kmeans", 3, 1, 0.432, 0.9, 10.0, 5, 0.2, 60, 6, 40, True, True, True, True))
     return rows
 
@@ -191,7 +191,7 @@ def test_report_is_offline_complete_and_escaped(full_report):
     assert "no interpretations yet (run beha2vec interpret)" in html
     assert "<td><code>cluster_interpretations</code></td><td class=\"n\">absent</td>" in html
     chosen = html.split("<th>selected</th>")[1].split("</table>")[0]
-    assert chosen.count("<tr>") == 2 and ">0.432<" in chosen and ">60<" in chosen  # the refit
+    assert chosen.count("<tr>") == 2 and ">0.432<" in chosen and ">60<" in chosen  # scored on all users
 
 
 def test_report_with_some_tables_only(spark, lake, tmp_path):

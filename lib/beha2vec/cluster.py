@@ -11,7 +11,7 @@ The rule for k (stated once, in :func:`choose`): among the k whose stability is 
 the highest mean silhouette overall (reported as such). At that k the seed with the best silhouette
 gives the users' clusters. Clusters with fewer users than ``max(min_users, min_share × users)`` are
 marked ``is_small``: kept in the tables, left out of interpretation. Above ``sweep_users`` users the
-sweep runs on a seeded sample and each algorithm's chosen fit is refitted on every user
+sweep runs on a seeded sample, and each algorithm's chosen fit assigns and is scored on every user
 (docs/clustering.md gives the sample silhouette's error bound).
 
 Speed, measured here (docs/clustering.md, docs/benchmarks.md): an MLlib fit is a chain of small
@@ -32,7 +32,7 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -158,9 +158,10 @@ def _prepared(data: DataFrame, n_users: int) -> DataFrame:
 def sweep(vectors: DataFrame, conf: ClusterConfig, name: str) -> tuple[pd.DataFrame, dict[str, Fit]]:
     """Every fit of one model's ``user_vectors`` rows: (scores, chosen fit per algorithm).
 
-    With more than ``sweep_users`` users the sweep runs on a seeded sample of them and the chosen
-    (algorithm, k, seed) of each algorithm is fitted again on every user; that refit, scored on every
-    user, is the one whose clusters users get (its row in the scores has ``refit`` true).
+    With more than ``sweep_users`` users the sweep runs on a seeded sample of them, and the chosen
+    fit of each algorithm then assigns every user and is scored on all of them (a second row with
+    ``all_users`` true; fitting again on every user would cost MLlib's per-element NaN check of the
+    whole input, 20 minutes per fit at 600,000 users × 383 dimensions).
     ``vectors`` should not be cached by the caller (see the module doc).
     """
     validate(conf)
@@ -189,27 +190,29 @@ def sweep(vectors: DataFrame, conf: ClusterConfig, name: str) -> tuple[pd.DataFr
         chosen = {r.algorithm: by_key[(r.algorithm, r.k, r.seed)]
                   for r in scores[scores["chosen"]].itertuples()}
         if n_swept < n_users:
-            chosen = _refit(data, n_users, sample, chosen, conf)
+            chosen = {a: on_every_user(data, f) for a, f in chosen.items()}
             scores["chosen"] = False
-            refits = _scores(list(chosen.values()), name, n_users, conf)
+            every = _scores(list(chosen.values()), name, n_users, conf)
             swept_stability = scores.groupby(["algorithm", "k"])["stability"].first()
-            refits["stability"] = [swept_stability[(r.algorithm, r.k)] for r in refits.itertuples()]
-            refits["chosen_k"] = refits["chosen"] = refits["refit"] = True
-            scores = pd.concat([scores, refits], ignore_index=True)
+            every["stability"] = [swept_stability[(r.algorithm, r.k)] for r in every.itertuples()]
+            every["chosen_k"] = every["chosen"] = every["all_users"] = True
+            scores = pd.concat([scores, every], ignore_index=True)
     finally:
         sample.unpersist()
         fit_data.unpersist()
-    return scores.sort_values(["algorithm", "refit", "k", "seed"], ignore_index=True), chosen
+    return scores.sort_values(["algorithm", "all_users", "k", "seed"], ignore_index=True), chosen
 
 
-def _refit(data: DataFrame, n_users: int, sample: DataFrame, chosen: dict[str, Fit],
-           conf: ClusterConfig) -> dict[str, Fit]:
-    """The chosen (k, seed) of each algorithm fitted again on every user."""
-    all_rows = _prepared(data, n_users)
-    try:
-        return {a: fit_one(all_rows, sample, a, f.k, f.seed, conf) for a, f in chosen.items()}
-    finally:
-        all_rows.unpersist()
+def on_every_user(data: DataFrame, fit: Fit) -> Fit:
+    """``fit`` (from the sample) assigning every user: its silhouette and cluster sizes over all of
+    them. The cost is not recomputed (NaN): MLlib reports it only for the data a model was fitted on."""
+    started = time.perf_counter()
+    predictions = fit.model.transform(data)
+    silhouette = ClusteringEvaluator().evaluate(predictions)
+    counts = dict(predictions.groupBy("prediction").count().collect())
+    sizes = [int(counts.get(i, 0)) for i in range(len(fit.model.clusterCenters()))]
+    return replace(fit, silhouette=float(silhouette), cost=float("nan"), sizes=sizes,
+                   fit_s=fit.fit_s + time.perf_counter() - started)
 
 
 def _scores(fits: list[Fit], name: str, n_users: int, conf: ClusterConfig) -> pd.DataFrame:
@@ -223,7 +226,7 @@ def _scores(fits: list[Fit], name: str, n_users: int, conf: ClusterConfig) -> pd
                                                    key=lambda f: (f.algorithm, f.k)):
         at = (scores["algorithm"] == algorithm) & (scores["k"] == k)
         scores.loc[at, "stability"] = stability([f.sample_labels for f in group])
-    scores["chosen_k"] = scores["chosen"] = scores["refit"] = False
+    scores["chosen_k"] = scores["chosen"] = scores["all_users"] = False
     for algorithm, group in scores.groupby("algorithm"):
         k, seed, stable = choose(group, conf.min_stability)
         if not stable:

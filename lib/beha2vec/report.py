@@ -85,9 +85,9 @@ def score_curves(scores: pd.DataFrame, metric: str) -> pd.DataFrame:
 def scores_figure(scores: pd.DataFrame) -> Markup:
     """Silhouette and stability against k for one model: a line per algorithm, chosen k dashed.
 
-    The sweep's fits only: a refit of the chosen k on every user is listed in the chosen table.
+    The sweep's fits only: a sampled sweep's chosen fit scored on every user is in the chosen table.
     """
-    scores = scores[~scores["refit"].fillna(False).astype(bool)]
+    scores = scores[~scores["all_users"].fillna(False).astype(bool)]
     fig = Figure(figsize=(9, 3.2))
     colors = {a: f"C{i}" for i, a in enumerate(sorted(scores["algorithm"].unique()))}
     chosen = scores[scores["chosen_k"].fillna(False).astype(bool)]

@@ -201,7 +201,7 @@ CLUSTER_SCORES = _s(
     ("chosen_k", T.BooleanType()),
     ("chosen", T.BooleanType()),
     ("selected", T.BooleanType()),
-    ("refit", T.BooleanType()),
+    ("all_users", T.BooleanType()),
 )
 
 USER_CLUSTERS = _s(
