@@ -126,7 +126,7 @@ def test_a_second_segment_names_the_topic_only_where_paths_go_deeper_below_it():
 def test_a_frequent_over_represented_topic_outranks_rare_pages_of_higher_lift():
     """Long-tail product pages top the list by lift; the much visited category pages, with a clear lift
     of their own, still name the cluster, as share × ln(lift) ranks them first."""
-    rows = (pr.summary(-1, BASE_SUMMARY) + pr.summary(0, BASE_SUMMARY)
+    rows = (pr.summary(-1, BASE_SUMMARY) + pr.summary(0, BASE_SUMMARY) + pr.hours(-1, {}) + pr.hours(0, {})
             + [pr.row(0, "unit_distinctive", f"/product/item-sku-a{i}", share=0.004, base=0.0005, rank=i + 1)
                for i in range(10)]
             + [pr.row(0, "unit", "/category/apparel/men", share=0.12, base=0.03, rank=1),
@@ -188,10 +188,14 @@ def test_without_time_facets_or_engagement_there_is_still_a_sentence_and_three_k
 
 def test_a_profile_with_almost_nothing_falls_back_to_plain_words():
     rows = pr.summary(-1, {"users": 10.0}) + pr.summary(0, {"users": 5.0})
-    result = interpret_cluster(pr.frame(rows), 0, {})
+    flat_clock = pr.hours(-1, {}) + pr.hours(0, {})
+    result = interpret_cluster(pr.frame(rows + flat_clock), 0, {})
     assert result.summary == ("Users with no clearly distinctive pages or sites, "
                               "at ordinary hours and with typical sessions.")
     assert result.keywords == ["no clear topic", "any time", "typical sessions"]
+    untimed = interpret_cluster(pr.frame(rows), 0, {})  # msnbc: no clock, so nothing said of hours
+    assert untimed.summary == "Users with no clearly distinctive pages or sites, with typical sessions."
+    assert untimed.keywords[:2] == ["no clear topic", "typical sessions"] and len(set(untimed.keywords)) == 3
 
 
 def test_a_weekend_lean_alone_is_named_and_a_flat_clock_is_not():

@@ -133,6 +133,7 @@ class _Time:
     phrase: str | None  # e.g. 'weekday mornings (07–09 h)'
     keyword: str | None  # e.g. 'mornings'
     lean: str | None  # 'weekend' or 'weekdays'
+    timed: bool = True  # False when the source has no clock (msnbc): nothing may be said of hours
 
 
 @dataclass(frozen=True)
@@ -366,7 +367,7 @@ def _time(profile: pd.DataFrame, cluster: int) -> _Time:
     window = hour_window(profile, cluster)
     if window is None or window[3] < HOURS_LIFT:
         phrase = {"weekend": "at weekends", "weekdays": "on weekdays", None: None}[lean]
-        return _Time(phrase, None, lean)
+        return _Time(phrase, None, lean, timed=bool(week or distribution(profile, cluster, "hour")))
     first, size, peak, _ = window
     keyword, part = day_part(peak)
     day = {"weekend": "weekend ", "weekdays": "weekday ", None: ""}[lean]
@@ -431,7 +432,7 @@ def _sentence(topics: list[Topic], time: _Time, behaviours: list[_Behaviour]) ->
     if behaviours:
         parts.append("with " + " and ".join(b.phrase for b in behaviours))
     elif not time.phrase:
-        parts.append("at ordinary hours and with typical sessions")
+        parts.append("at ordinary hours and with typical sessions" if time.timed else "with typical sessions")
     return ", ".join(parts) + "."
 
 
@@ -454,7 +455,7 @@ def _keywords(topics: list[Topic], time: _Time, behaviours: list[_Behaviour]) ->
     behaviour_words = [b.keyword for b in behaviours]
     lean = [time.lean] if time.lean else []
     second = [time.keyword] if time.keyword else topic_words[1:2]
-    fallback = ([] if time.phrase else [ANY_TIME]) + ([] if behaviours else [TYPICAL])
+    fallback = ([] if time.phrase or not time.timed else [ANY_TIME]) + ([] if behaviours else [TYPICAL])
     candidates = [topic_words[0], *second, *behaviour_words[:1], *lean, *topic_words[1:],
                   *behaviour_words[1:], *fallback, *LAST_RESORT]
     out: list[str] = []
