@@ -42,8 +42,8 @@ The rules, each set against the baseline:
 * **Keywords**, exactly three distinct lower-case ones: the first topic (a domain's category where
   known; ``no clear topic`` without one); the time pattern when there is one, else the second topic;
   the first behaviour word. Where one is missing or repeats, the next of: the weekday/weekend lean,
-  the other topics, the other behaviour words, ``any time`` (no time pattern nor lean), ``typical
-  sessions`` (no clear behaviour).
+  the other topics, the other behaviour words, ``any time`` (no time pattern nor lean, where the
+  source has a clock), ``typical sessions`` (no clear behaviour).
 * **Sentence**: "Users who visit <topics> pages (≥<share> of their visits, <lift>× all users),
   especially <weekday/weekend> <part of day> (<hours>), with <behaviour> and <behaviour>." ("mostly at
   weekends" for a lean without a clear hour), in at most 40 words (the second behaviour is dropped,
