@@ -70,7 +70,7 @@ def _synth(out: Path, users: int, days: int) -> None:
 
 def test_the_pipeline_runs_on_a_standalone_cluster(cluster, package, tmp_path):
     data, lake = tmp_path / "ga4", tmp_path / "lake"
-    _synth(data, 24, 10)
+    _synth(data, 40, 14)
     command = _submit(cluster, package, "run.py", "--lake", str(lake), "--source", "ga4", str(data))
     proc = subprocess.run(command, capture_output=True, text=True, timeout=JOB_TIMEOUT_S, env=cluster_env(),
                           cwd=tmp_path)
