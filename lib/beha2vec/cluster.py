@@ -161,7 +161,7 @@ def sweep(vectors: DataFrame, conf: ClusterConfig, name: str) -> tuple[pd.DataFr
     With more than ``sweep_users`` users the sweep runs on a seeded sample of them, and the chosen
     fit of each algorithm then assigns every user and is scored on all of them (a second row with
     ``all_users`` true; fitting again on every user would cost MLlib's per-element NaN check of the
-    whole input: unfinished after 20 minutes for one fit of 600,000 users × 383 dimensions).
+    whole input: unfinished after 20 minutes for one fit of 600,000 users × 144 dimensions).
     ``vectors`` should not be cached by the caller (see the module doc).
     """
     validate(conf)
