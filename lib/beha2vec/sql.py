@@ -24,6 +24,11 @@ class SqlError(ValueError):
     """The statement is not a read-only query, or it failed."""
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def register_views(lake: Lake) -> tuple[list[str], dict[str, str]]:
     """Every readable table as a temporary view of its name, and why each other table is not.
 
@@ -35,7 +40,7 @@ def register_views(lake: Lake) -> tuple[list[str], dict[str, str]]:
             lake.read(name).createOrReplaceTempView(name)
             names.append(name)
         except Exception as exc:  # any reader's error: it is reported when a query names the table
-            damaged[name] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            damaged[name] = _first_line(exc)
     return names, damaged
 
 
@@ -61,7 +66,7 @@ def query(lake: Lake, statement: str) -> DataFrame:
     try:
         return lake.spark.sql(text)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = _first_line(exc)
         missing = NOT_FOUND.search(first)
         raise SqlError(damaged.get(missing[1], first) if missing else first) from None
 
