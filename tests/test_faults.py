@@ -18,15 +18,17 @@ import time
 import uuid
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
 from beha2vec import stages
+from beha2vec.ask import context_message, register_safe_views, run_query
 from beha2vec.config import load_config
 from beha2vec.context import Context
 from beha2vec.lake import Lake
-from beha2vec.sql import query
+from beha2vec.sql import SqlError, query
 from beha2vec.synth import SynthSummary, synth
 
 BIN = Path(sys.executable).parent
@@ -291,6 +293,16 @@ def torn_commit(spark, base_lake, tmp_path_factory) -> dict:
         columns=["event_id"]).column("event_id").to_pylist()
     seen["sql"] = cli("--lake", str(root), *QUIET, "sql", "SELECT count(*) FROM events", cwd=root.parent)
     seen["other_table"] = query(lake, "SELECT count(*) AS n FROM sessions").collect()[0]["n"]
+    seen["tables"] = cli("--lake", str(root), *QUIET, "tables", cwd=root.parent)
+    names, damaged = register_safe_views(lake, "salt")
+    seen["ask_views"] = names, damaged
+    seen["ask_other"] = run_query(spark, "SELECT count(*) AS n FROM sessions", set(names), 5, 60,
+                                  damaged)[0]["n"][0]
+    try:
+        run_query(spark, "SELECT count(*) FROM events", set(names), 5, 60, damaged)
+    except SqlError as exc:
+        seen["ask_error"] = str(exc)
+    seen["ask_context"] = context_message(lake, pd.DataFrame({"cluster": []}), None, 3)
     seen["sessions"] = DeltaTable(lake.uri("sessions")).to_pyarrow_dataset().count_rows()
     return seen
 
@@ -320,3 +332,24 @@ def test_torn_future_commit_error_names_the_table(torn_commit):
 
 def test_a_damaged_table_leaves_queries_of_the_others_working(torn_commit):
     assert torn_commit["other_table"] == torn_commit["sessions"] > 0
+
+
+def test_a_damaged_table_is_listed_with_its_reason_beside_the_others(torn_commit):
+    proc = torn_commit["tables"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cells = [[c.strip() for c in line.split(" | ")] for line in proc.stdout.splitlines() if " | " in line]
+    rows = {row[0]: row[1:] for row in cells[1:]}
+    assert rows["sessions"][0] == str(torn_commit["sessions"])
+    assert rows["events"][:3] == ["NULL", "NULL", "NULL"]
+    problem = [line for line in proc.stdout.splitlines() if line.startswith("cannot read")]
+    assert len(problem) == 1 and problem[0].startswith("cannot read events: ")
+    assert "Truncated record" in problem[0]
+
+
+def test_ask_queries_the_other_tables_and_names_the_damaged_one(torn_commit):
+    names, damaged = torn_commit["ask_views"]
+    assert "sessions" in names and "events" not in names and set(damaged) == {"events"}
+    assert torn_commit["ask_other"] == torn_commit["sessions"]
+    assert "Truncated record" in torn_commit["ask_error"] and "_delta_log" in torn_commit["ask_error"]
+    context = torn_commit["ask_context"]
+    assert "- sessions(" in context and "- events: cannot be read now (" in context

@@ -260,7 +260,7 @@ def _tool_call(call_id: str, query: str) -> dict:
 
 def test_run_query_is_bounded_in_rows(spark, llm_lake):
     ctx = _ctx(spark, llm_lake, [])
-    spark, tables = ctx.spark, set(register_safe_views(ctx.lake, "s"))
+    spark, tables = ctx.spark, set(register_safe_views(ctx.lake, "s")[0])
     frame, more = run_query(spark, "SELECT * FROM sessions", tables, max_rows=2, timeout_s=60)
     assert len(frame) == 2 and more
     with pytest.raises(SqlError, match="unknown table 'nope'"):

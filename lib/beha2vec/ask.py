@@ -31,7 +31,7 @@ from beha2vec.lake import Lake
 from beha2vec.llm import policy, prompt_tokens, validate
 from beha2vec.openai_api import Malformed, api_key, call_with_retries, client
 from beha2vec.redact import redact
-from beha2vec.sql import SqlError
+from beha2vec.sql import SqlError, failure, first_line, readable_tables
 
 BLOCKED_FUNCTIONS = {"reflect", "java_method", "try_reflect", "read_files", "input_file_name"}
 ID_COLUMNS = {"user_id", "session_id", "event_id", "panelist_id", "transaction_id", "ga_session_id",
@@ -96,24 +96,23 @@ def check_select(statement: str, tables: set[str]) -> str:
     return tree.sql(dialect="spark")
 
 
-def register_safe_views(lake: Lake, salt: str) -> list[str]:
-    """Every lake table as a temporary view in which no raw id or raw record can be selected.
+def register_safe_views(lake: Lake, salt: str) -> tuple[list[str], dict[str, str]]:
+    """Every readable lake table as a temporary view in which no raw id or raw record can be
+    selected, and why each other table cannot be read (as :func:`beha2vec.sql.readable_tables`).
 
     Id columns hold ``id:`` + 12 hex digits of a salted SHA-256 instead (stable within one salt, so
     joins and counts still work, and not guessable from the id without the salt); ``raw`` (the
     rejected input records) is empty. Done in Spark, before any query, so no alias or aggregate
     can bring an id back.
     """
-    names = []
-    for table in lake.tables():
-        df = lake.read(table.name)
+    frames, damaged = readable_tables(lake)
+    for name, df in frames.items():
         hidden = {c: F.concat(F.lit("id:"), F.substring(F.sha2(F.concat(F.lit(salt), F.col(c).cast("string")),
                                                               256), 1, 12))
                   for c in df.columns if c.lower() in ID_COLUMNS}
         hidden |= {c: F.lit(None).cast("string") for c in df.columns if c.lower() in HIDDEN_COLUMNS}
-        df.withColumns(hidden).createOrReplaceTempView(table.name)
-        names.append(table.name)
-    return names
+        df.withColumns(hidden).createOrReplaceTempView(name)
+    return list(frames), damaged
 
 
 def safe_rows(frame: pd.DataFrame) -> list[dict]:
@@ -145,11 +144,13 @@ def _redacted(value: Any) -> Any:
     return value
 
 
-def run_query(spark: Any, statement: str, tables: set[str], max_rows: int,
-              timeout_s: float) -> tuple[pd.DataFrame, bool]:
+def run_query(spark: Any, statement: str, tables: set[str], max_rows: int, timeout_s: float,
+              damaged: dict[str, str] | None = None) -> tuple[pd.DataFrame, bool]:
     """At most ``max_rows`` rows of a query checked against ``tables`` (views registered by
-    :func:`register_safe_views`), and whether more existed; cancelled after the timeout."""
-    text = check_select(statement, tables)
+    :func:`register_safe_views`), and whether more existed; cancelled after the timeout. A query
+    of a ``damaged`` table fails with why that table cannot be read."""
+    damaged = damaged or {}
+    text = check_select(statement, tables | set(damaged))
     sc = spark.sparkContext
     group = f"beha2vec-ask-{uuid.uuid4().hex[:8]}"
     fired = threading.Event()
@@ -166,8 +167,7 @@ def run_query(spark: Any, statement: str, tables: set[str], max_rows: int,
     except Exception as exc:
         if fired.is_set():
             raise SqlError(f"the query ran past ask.query_timeout_s={timeout_s:g} s; cancelled") from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SqlError(first) from None
+        raise SqlError(failure(exc, damaged)) from None
     finally:
         timer.cancel()
         sc.setLocalProperty("spark.jobGroup.id", None)
@@ -185,6 +185,7 @@ class Conversation:
     queries: list[str] = field(default_factory=list)
     salt: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
     tables: set[str] | None = None
+    damaged: dict[str, str] = field(default_factory=dict)
 
     def ask(self, question: str) -> str:
         """The model's answer; tool calls run in between, at most ``ask.max_tool_calls`` of them."""
@@ -220,13 +221,13 @@ class Conversation:
             query = json.loads(call.function.arguments or "{}").get("query", "")
             self.queries.append(query)
             if self.tables is None:  # once per conversation: the views stay for its later queries
-                self.tables = set(register_safe_views(self.lake, self.salt))
+                names, self.damaged = register_safe_views(self.lake, self.salt)
+                self.tables = set(names)
             frame, more = run_query(self.lake.spark, query, self.tables, bounds.max_rows,
-                                    bounds.query_timeout_s)
+                                    bounds.query_timeout_s, self.damaged)
             rows = safe_rows(frame)
         except Exception as exc:  # the model gets the reason and may try another query
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return json.dumps({"error": redact(first)})
+            return json.dumps({"error": redact(first_line(exc))})
         return json.dumps({"columns": list(rows[0]) if rows else list(frame.columns), "rows": rows,
                            "truncated": more, "note": f"at most {bounds.max_rows} rows are returned"},
                           default=str)
@@ -271,7 +272,9 @@ def context_message(lake: Lake, profiles: pd.DataFrame, interpretations: pd.Data
     """The system message: instructions, table columns, and every cluster's numbers and description."""
     from beha2vec.interpret_llm import profile_facts
 
-    tables = [f"- {t.name}({', '.join(lake.read(t.name).columns)})" for t in lake.tables()]
+    frames, damaged = readable_tables(lake)
+    tables = [f"- {name}({', '.join(df.columns)})" for name, df in frames.items()]
+    tables += [f"- {name}: cannot be read now ({redact(why)})" for name, why in damaged.items()]
     lines = [SYSTEM, "", "Lake tables (Spark SQL names and columns):", *tables, "", "Cluster numbers:"]
     clusters = sorted(int(c) for c in profiles["cluster"].unique() if c >= 0)
     for cluster in clusters:

@@ -165,6 +165,9 @@ def _cmd_tables(ctx: Context, args: argparse.Namespace) -> None:
     frame = pd.DataFrame([{"table": i.name, "rows": i.rows, "version": i.version, "files": i.files}
                           for i in infos], columns=["table", "rows", "version", "files"])
     print(format_table(frame))
+    for info in infos:
+        if info.problem:
+            print(f"cannot read {info.name}: {info.problem}")
 
 
 def _print_evaluation(table) -> None:

@@ -48,10 +48,13 @@ class Written:
 
 @dataclass(frozen=True)
 class TableInfo:
+    """One table's state; a table that cannot be read has only its name and ``problem``."""
+
     name: str
-    version: int
+    version: int | None
     rows: int | None
-    files: int
+    files: int | None
+    problem: str | None = None
 
 
 def choose_route(requested: str, delta_on_classpath: bool) -> str:
@@ -250,10 +253,14 @@ class Lake:
                             "by number)") from exc
 
     def tables(self) -> list[TableInfo]:
-        """Every Delta table under the root with its version, row count and file count."""
+        """Every Delta table under the root with its version, row count and file count; a damaged
+        table is listed with the reason instead, so one bad table hides none of the others."""
         infos = []
         for name in self.table_names():
-            infos.append(self._info(name))
+            try:
+                infos.append(self._info(name))
+            except Exception as exc:  # any reader's error: reported in the listing, not raised
+                infos.append(TableInfo(name, None, None, None, problem=_short(exc)))
         return infos
 
     def table_names(self) -> list[str]:

@@ -24,24 +24,38 @@ class SqlError(ValueError):
     """The statement is not a read-only query, or it failed."""
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def register_views(lake: Lake) -> tuple[list[str], dict[str, str]]:
-    """Every readable table as a temporary view of its name, and why each other table is not.
+def readable_tables(lake: Lake) -> tuple[dict[str, DataFrame], dict[str, str]]:
+    """Every table that can be read, by name, and why each other one cannot.
 
     One damaged table must not stop queries that do not touch it.
     """
-    names, damaged = [], {}
+    frames, damaged = {}, {}
     for name in lake.table_names():
         try:
-            lake.read(name).createOrReplaceTempView(name)
-            names.append(name)
+            frames[name] = lake.read(name)
         except Exception as exc:  # any reader's error: it is reported when a query names the table
-            damaged[name] = _first_line(exc)
-    return names, damaged
+            damaged[name] = first_line(exc)
+    return frames, damaged
+
+
+def register_views(lake: Lake) -> tuple[list[str], dict[str, str]]:
+    """Every readable table as a temporary view of its name; the others with why they are missing."""
+    frames, damaged = readable_tables(lake)
+    for name, df in frames.items():
+        df.createOrReplaceTempView(name)
+    return list(frames), damaged
+
+
+def failure(exc: Exception, damaged: dict[str, str]) -> str:
+    """A failed query's first line; for a query of a damaged table, why that table cannot be read."""
+    first = first_line(exc)
+    missing = NOT_FOUND.search(first)
+    return damaged.get(missing[1], first) if missing else first
 
 
 def query(lake: Lake, statement: str) -> DataFrame:
@@ -66,9 +80,7 @@ def query(lake: Lake, statement: str) -> DataFrame:
     try:
         return lake.spark.sql(text)
     except Exception as exc:
-        first = _first_line(exc)
-        missing = NOT_FOUND.search(first)
-        raise SqlError(damaged.get(missing[1], first) if missing else first) from None
+        raise SqlError(failure(exc, damaged)) from None
 
 
 def _cell(value) -> str:
