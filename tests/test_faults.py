@@ -185,6 +185,17 @@ def test_sigkill_during_ingest_keeps_the_previous_version_and_a_rerun_has_no_dup
     assert after[0] == after[1] == summary.events == report["rows_out"]
     assert lake.version("events") == version + 1
 
+    assert not lake.leftovers(older_than_hours=1), "a write of the last hour may still be running"
+    found = {Path(f.path) for f in lake.leftovers(older_than_hours=0) if f.table == "events"}
+    assert all(any(d in found for d in f.parents) for f in leftovers), (found, leftovers)
+    proc = cli("--lake", str(root), *QUIET, "vacuum", "--older-than", "0", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^removed [1-9]\d* leftovers of failed writes", proc.stdout, re.M), proc.stdout
+    assert not any(f.exists() for f in leftovers) and not lake.leftovers(older_than_hours=0)
+    assert fingerprint(lake.read("events"), "event_id") == after
+    previous = DeltaTable(lake.uri("events"), version=version).to_pyarrow_table(columns=["event_id"])
+    assert previous.num_rows == before[0], "committed files of earlier versions stay"
+
 
 def _unshare_works() -> bool:
     if shutil.which("unshare") is None:
@@ -239,6 +250,65 @@ def test_lake_under_a_regular_file_fails_in_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+# in a user namespace: the lake on a 16 MiB tmpfs with 256 KiB left, the command, the lake copied out
+DISK_FULL = """
+mnt=$1 src=$2 out=$3
+shift 3
+mount -t tmpfs -o size=16m tmpfs "$mnt" || exit 90
+cp -a "$src" "$mnt/lake"
+dd if=/dev/zero of="$mnt/filler" bs=64k 2>/dev/null
+truncate -s -256K "$mnt/filler"
+"$@" > "$out/stdout" 2> "$out/stderr"
+echo $? > "$out/rc"
+rm "$mnt/filler"
+cp -a "$mnt/lake" "$out/lake"
+"""
+
+
+@pytest.fixture(scope="module")
+def disk_full_run(spark, base_lake, ga4, tmp_path_factory) -> dict:
+    """``ingest`` of both weeks into a copy of the module's lake on a file system that fills up."""
+    if not _unshare_works():
+        pytest.skip("needs unprivileged user namespaces (unshare -rm) to mount a small tmpfs")
+    work = tmp_path_factory.mktemp("full")
+    mount, out = work / "mnt", work / "out"
+    mount.mkdir()
+    out.mkdir()
+    command = [str(BIN / "beha2vec"), "--lake", str(mount / "lake"), *QUIET, "ingest", "--source", "ga4",
+               str(ga4[0])]
+    script = ["unshare", "-rm", "sh", "-c", DISK_FULL, "sh", str(mount), str(base_lake), str(out)]
+    proc = subprocess.run([*script, *command], capture_output=True, text=True, env=ENV, cwd=work, timeout=600)
+    assert proc.returncode == 0 and (out / "rc").exists(), proc.stderr[-3000:]
+    before = _tables(Lake(spark, str(base_lake)))
+    return {"mount": mount, "lake": out / "lake", "before": before, "rc": int((out / "rc").read_text()),
+            "stderr": (out / "stderr").read_text()}
+
+
+def test_a_full_disk_fails_in_one_line_and_keeps_every_version(spark, disk_full_run):
+    run = disk_full_run
+    assert run["rc"] == 2, run["stderr"][-3000:]
+    line = error_line(subprocess.CompletedProcess([], 2, "", run["stderr"]))
+    where = rf"error: writing table '\w+' at {run['mount']}/lake/\w+ failed: "
+    assert re.match(where + ".*No space left on device", line), line
+    assert "Traceback" not in run["stderr"]
+    assert _tables(Lake(spark, str(run["lake"]))) == run["before"]
+
+
+def test_after_a_full_disk_the_rerun_completes_and_vacuum_frees_the_space(spark, disk_full_run, ga4,
+                                                                          tmp_path):
+    root = tmp_path / "lake"
+    shutil.copytree(disk_full_run["lake"], root)
+    lake = Lake(spark, str(root))
+    found = lake.leftovers(older_than_hours=0)
+    assert any(f.table == "events" for f in found), found  # the failed write's folder
+    report = stages.ingest(context(spark, root), "ga4", [str(ga4[0])])
+    after = fingerprint(lake.read("events"), "event_id")
+    assert after[0] == after[1] == ga4[1].events == report["rows_out"]
+    lake.remove(lake.leftovers(older_than_hours=0))
+    assert not any(Path(f.path).exists() for f in found)
+    assert fingerprint(lake.read("events"), "event_id") == after
+
+
 def _copy_head(src: Path, dst: Path, fraction: float = 1.0) -> None:
     data = src.read_bytes()
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -260,12 +330,19 @@ def test_foreign_files_in_a_table_folder_change_no_result(copied, tmp_path):
     (folder / "source=ga4" / "notes.txt").write_text("written by hand")
     log = folder / "_delta_log"
     newest = sorted(log.glob("*.json"))[-1]
-    _copy_head(newest, log / f"_commit_{uuid.uuid4()}.json.tmp", fraction=0.5)  # a killed delta-rs commit
+    killed_commit = log / f"_commit_{uuid.uuid4()}.json.tmp"
+    _copy_head(newest, killed_commit, fraction=0.5)  # a killed delta-rs commit
 
     assert fingerprint(lake.read("events"), "event_id") == before
     assert sql_fingerprint(Path(lake.root), "events", "event_id", tmp_path) == before
     assert lake.version("events") == version
     assert {t.name: t.rows for t in lake.tables()}["events"] == before[0]
+
+    found = lake.leftovers(older_than_hours=0)
+    assert {Path(f.path) for f in found if f.table == "events"} == {killed_commit}, "and no foreign file"
+    lake.remove(found)
+    assert not killed_commit.exists() and (folder / "source=ga4" / "notes.txt").exists()
+    assert fingerprint(lake.read("events"), "event_id") == before
 
 
 @pytest.fixture(scope="module")

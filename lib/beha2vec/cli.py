@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tables", help="list lake tables with row counts and versions")
     p.add_argument("--history", metavar="TABLE", help="show the commits of one table instead")
+
+    p = sub.add_parser("vacuum", help="remove files of killed or failed writes that no commit names")
+    p.add_argument("--older-than", type=float, default=24.0, metavar="HOURS",
+                   help="only files untouched this long (default 24: a younger write may still be running)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     return parser
 
 
@@ -168,6 +173,20 @@ def _cmd_tables(ctx: Context, args: argparse.Namespace) -> None:
     for info in infos:
         if info.problem:
             print(f"cannot read {info.name}: {info.problem}")
+
+
+def _cmd_vacuum(ctx: Context, args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from beha2vec.sql import format_table
+
+    found = ctx.lake.leftovers(args.older_than)
+    if not args.dry_run:
+        ctx.lake.remove(found)
+    frame = pd.DataFrame([vars(f) for f in found], columns=["table", "path", "files", "bytes", "age_hours"])
+    print(format_table(frame))
+    print(f"{'would remove' if args.dry_run else 'removed'} {len(found)} leftovers of failed writes "
+          f"({sum(f.bytes for f in found) / 2**20:.1f} MiB) untouched for {args.older_than:g} hours or more")
 
 
 def _print_evaluation(table) -> None:
@@ -371,6 +390,8 @@ def _dispatch(args: argparse.Namespace) -> None:
         _cmd_sql(ctx, args)
     if args.command == "tables":
         _cmd_tables(ctx, args)
+    if args.command == "vacuum":
+        _cmd_vacuum(ctx, args)
     if args.command == "ask":
         from beha2vec.ask import run_ask
 

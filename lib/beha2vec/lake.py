@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,6 +33,10 @@ from beha2vec.tables import TABLES, TableSpec, spec
 log = logging.getLogger(__name__)
 
 ROUTES = ("auto", "native", "delta-rs")
+# what this module's writes leave: a write folder (:meth:`Lake._write_delta_rs`) and a commit that
+# delta-rs had not renamed yet; nothing else in a table folder is ever removed
+WRITE_FOLDER = re.compile(r"w\d{8}T\d{6}-[0-9a-f]{8}")
+COMMIT_TEMP = re.compile(r"_commit_[0-9a-f-]{36}\.json\.tmp")
 
 
 class LakeError(RuntimeError):
@@ -44,6 +49,17 @@ class Written:
 
     version: int
     rows: int
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """Files of a write that no commit names (a killed or failed write): never read, only stored."""
+
+    table: str
+    path: str
+    files: int
+    bytes: int
+    age_hours: float
 
 
 @dataclass(frozen=True)
@@ -380,6 +396,66 @@ class Lake:
         rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
         log.info("wrote %s version %d (%d rows, %d files)", table.name, version, rows, len(actions))
         return Written(version, rows)
+
+    def leftovers(self, older_than_hours: float, now: float | None = None) -> list[Leftover]:
+        """Write folders and commit temp files that no commit of their table names and that nothing
+        has touched for ``older_than_hours`` (a younger one may belong to a write still running)."""
+        if self.route == "native":
+            raise LakeError("on the native Delta route uncommitted files are removed by Delta's own "
+                            "VACUUM (see docs/reliability.md)")
+        now = time.time() if now is None else now
+        found = []
+        for name in self.table_names():
+            table = self._fs_path(self.uri(name))
+            named = self._logged_folders(name)
+            entries = self._fs.get_file_info(pafs.FileSelector(table, allow_not_found=True))
+            candidates = [e for e in entries if e.type == pafs.FileType.Directory
+                          and WRITE_FOLDER.fullmatch(e.base_name) and e.base_name not in named]
+            log_entries = self._fs.get_file_info(pafs.FileSelector(f"{table}/_delta_log"))
+            candidates += [e for e in log_entries if COMMIT_TEMP.fullmatch(e.base_name)]
+            for entry in candidates:
+                files = [entry] if entry.type == pafs.FileType.File else [
+                    f for f in self._fs.get_file_info(pafs.FileSelector(entry.path, recursive=True))
+                    if f.type == pafs.FileType.File]
+                newest = max([entry.mtime_ns, *(f.mtime_ns for f in files)]) / 1e9
+                age = (now - newest) / 3600
+                if age >= older_than_hours:
+                    found.append(Leftover(name, entry.path, len(files), sum(f.size for f in files),
+                                          round(age, 2)))
+        return found
+
+    def remove(self, leftovers: list[Leftover]) -> None:
+        """Delete what :meth:`leftovers` found."""
+        for item in leftovers:
+            if self._fs.get_file_info(item.path).type == pafs.FileType.Directory:
+                self._fs.delete_dir(item.path)
+            else:
+                self._fs.delete_file(item.path)
+            log.info("removed %s (%d files, %d bytes) of table %s", item.path, item.files, item.bytes,
+                     item.table)
+
+    def _logged_folders(self, name: str) -> set[str]:
+        """The first path segment of every file that a commit or checkpoint of the table names.
+
+        A log that cannot be parsed stops the search: then no folder is known to be unnamed.
+        """
+        log_dir = f"{self._fs_path(self.uri(name))}/_delta_log"
+        paths: list[str] = []
+        try:
+            for info in self._fs.get_file_info(pafs.FileSelector(log_dir)):
+                if re.fullmatch(r"\d{20}\.json", info.base_name):
+                    with self._fs.open_input_stream(info.path) as stream:
+                        actions = [json.loads(line) for line in stream.read().decode().splitlines()
+                                   if line.strip()]
+                    paths += [a[k]["path"] for a in actions for k in ("add", "remove") if k in a]
+                elif ".checkpoint" in info.base_name and info.base_name.endswith(".parquet"):
+                    actions = pq.read_table(info.path, filesystem=self._fs, columns=["add", "remove"])
+                    paths += [a["path"] for k in ("add", "remove")
+                              for a in actions.column(k).to_pylist() if a]
+        except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+            raise LakeError(f"the log of table '{name}' at {self.uri(name)} cannot be read, so no file "
+                            f"of it is removed: {_short(exc)}") from exc
+        return {unquote(p).split("/")[0] for p in paths}
 
     def _fs_path(self, uri: str) -> str:
         return uri if "://" not in uri else pafs.FileSystem.from_uri(uri)[1]
