@@ -188,6 +188,9 @@ def test_sigkill_during_ingest_keeps_the_previous_version_and_a_rerun_has_no_dup
     assert not lake.leftovers(older_than_hours=1), "a write of the last hour may still be running"
     found = {Path(f.path) for f in lake.leftovers(older_than_hours=0) if f.table == "events"}
     assert all(any(d in found for d in f.parents) for f in leftovers), (found, leftovers)
+    proc = cli("--lake", str(root), *QUIET, "vacuum", "--older-than", "0", "--dry-run", cwd=tmp_path)
+    assert re.search(r"^would remove [1-9]\d* leftovers", proc.stdout, re.M), proc.stdout + proc.stderr
+    assert all(f.exists() for f in leftovers)
     proc = cli("--lake", str(root), *QUIET, "vacuum", "--older-than", "0", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"^removed [1-9]\d* leftovers of failed writes", proc.stdout, re.M), proc.stdout
