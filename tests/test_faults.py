@@ -62,10 +62,10 @@ def sql_fingerprint(lake: Path, table: str, key: str, cwd: Path) -> tuple[int, i
     return int(row["n"]), int(row["k"]), int(row["h"])
 
 
-def error_line(proc: subprocess.CompletedProcess) -> str:
+def error_line(stderr: str) -> str:
     """The CLI's one-line message; Spark's own log lines may come before it."""
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, proc.stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, stderr[-3000:]
     return lines[0]
 
 
@@ -230,13 +230,13 @@ def read_only_run(spark, base_lake, tmp_path_factory) -> tuple[subprocess.Comple
 def test_read_only_lake_fails_in_one_line_and_keeps_every_version(read_only_run):
     proc, root, before, after = read_only_run
     assert proc.returncode == 2
-    assert f"writing table 'sessions' at {root}/sessions failed" in error_line(proc)
+    assert f"writing table 'sessions' at {root}/sessions failed" in error_line(proc.stderr)
     assert "Traceback" not in proc.stderr
     assert after == before
 
 
 def test_read_only_lake_error_says_why(read_only_run):
-    line = error_line(read_only_run[0])
+    line = error_line(read_only_run[0].stderr)
     assert "An error occurred while calling" not in line
     assert re.search(r"read-only file system|mkdirs failed|permission denied", line, re.I), line
 
@@ -249,7 +249,7 @@ def test_lake_under_a_regular_file_fails_in_one_line(tmp_path):
     blocker.write_text("a file where the lake's parent folder should be")
     proc = cli("--lake", str(blocker / "lake"), *QUIET, "ingest", "--source", "ga4", str(data), cwd=tmp_path)
     assert proc.returncode == 2
-    assert re.match(rf"error: writing table '\w+' at {blocker}/lake/\w+ failed", error_line(proc))
+    assert re.match(rf"error: writing table '\w+' at {blocker}/lake/\w+ failed", error_line(proc.stderr))
     assert "Traceback" not in proc.stderr
 
 
@@ -290,7 +290,7 @@ def disk_full_run(spark, base_lake, ga4, tmp_path_factory) -> dict:
 def test_a_full_disk_fails_in_one_line_and_keeps_every_version(spark, disk_full_run):
     run = disk_full_run
     assert run["rc"] == 2, run["stderr"][-3000:]
-    line = error_line(subprocess.CompletedProcess([], 2, "", run["stderr"]))
+    line = error_line(run["stderr"])
     where = rf"error: writing table '\w+' at {run['mount']}/lake/\w+ failed: "
     assert re.match(where + ".*No space left on device", line), line
     assert "Traceback" not in run["stderr"]
@@ -396,7 +396,7 @@ def test_torn_future_commit_is_refused_not_read_as_rows(torn_commit):
     assert "Truncated record" in torn_commit["read_error"]
     proc = torn_commit["sql"]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "Truncated record" in error_line(proc)
+    assert "Truncated record" in error_line(proc.stderr)
     previous = torn_commit["previous"]
     assert len(previous) == len(set(previous)) == before[0]
 
@@ -406,7 +406,7 @@ def test_empty_future_commit_has_a_version(torn_commit):
 
 
 def test_torn_future_commit_error_names_the_table(torn_commit):
-    line = error_line(torn_commit["sql"])
+    line = error_line(torn_commit["sql"].stderr)
     assert f"{torn_commit['root']}/events" in line and "_delta_log" in line
 
 

@@ -73,7 +73,7 @@ def check_select(statement: str, tables: set[str]) -> str:
     try:
         parsed = [p for p in sqlglot.parse(text, read="spark") if p is not None]
     except sqlglot.errors.SqlglotError as exc:
-        raise SqlError(f"the query does not parse: {str(exc).splitlines()[0]}") from None
+        raise SqlError(f"the query does not parse: {first_line(exc)}") from None
     if len(parsed) != 1:
         raise SqlError("exactly one statement is allowed")
     tree = parsed[0]
