@@ -97,17 +97,17 @@ def test_persona_recovery_from_counts_in_spark(spark):
     assert result.loc["persona_ari", "model"] == "m/kmeans" and result.loc["persona_ari", "n_users"] == 63
 
 
-def test_large_inputs_go_to_mllib_uncached_with_the_same_result(spark, monkeypatch):
+def test_large_inputs_go_to_mllib_from_the_table_with_the_same_result(spark, monkeypatch):
     import beha2vec.cluster as cluster
 
     rows, _ = blobs()
     vectors = spark.createDataFrame(rows, VECTORS)
     conf = ClusterConfig(k_min=3, k_max=3, seeds=[1], algorithms=["kmeans"], min_users=1)
-    cached, _ = sweep(vectors, conf, "m")
-    monkeypatch.setattr(cluster, "CACHE_BELOW", 0)
-    uncached, _ = sweep(vectors, conf, "m")
+    packed, _ = sweep(vectors, conf, "m")
+    monkeypatch.setattr(cluster, "PACK_BELOW", 0)
+    unpacked, _ = sweep(vectors, conf, "m")
     columns = ["k", "seed", "silhouette", "cost", "smallest", "largest"]
-    pd.testing.assert_frame_equal(cached[columns], uncached[columns])
+    pd.testing.assert_frame_equal(packed[columns], unpacked[columns])
 
 
 def test_sweep_on_a_sample_scores_the_chosen_fit_on_every_user(spark):
