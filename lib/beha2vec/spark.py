@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from pyspark.logger import PySparkLogger
 from pyspark.sql import SparkSession
 
 from beha2vec.config import SparkConfig
@@ -35,6 +36,13 @@ def _prepare_environment() -> None:
     os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 
 
+def _quiet_query_context_loggers() -> None:
+    """PySpark logs every SQL analysis error as a multi-kilobyte JSON record with the whole JVM
+    stack before raising it; the CLI already prints the error's first line (all of it with -v)."""
+    for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
+        PySparkLogger.getLogger(name).disabled = True
+
+
 def get_spark(conf: SparkConfig) -> SparkSession:
     """Return the active session or build one from ``conf``.
 
@@ -42,6 +50,7 @@ def get_spark(conf: SparkConfig) -> SparkSession:
     when no master was given.
     """
     _prepare_environment()
+    _quiet_query_context_loggers()
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
