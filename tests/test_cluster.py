@@ -110,6 +110,21 @@ def test_large_inputs_go_to_mllib_from_the_table_with_the_same_result(spark, mon
     pd.testing.assert_frame_equal(packed[columns], unpacked[columns])
 
 
+def test_small_inputs_reach_mllib_packed_and_not_cached(spark):
+    """MLlib re-runs its slow NaN check on every iteration of a cached input (cluster module doc)."""
+    from pyspark import StorageLevel
+    from pyspark.ml.functions import array_to_vector
+
+    import beha2vec.cluster as cluster
+
+    rows, _ = blobs()
+    data = spark.createDataFrame(rows, VECTORS).repartition(3).select(
+        "user_id", array_to_vector("vector").alias("features"))
+    prepared = cluster._prepared(data, len(rows))
+    assert prepared.rdd.getNumPartitions() == 1 and prepared.count() == len(rows)
+    assert prepared.storageLevel == StorageLevel.NONE
+
+
 def test_sweep_on_a_sample_scores_the_chosen_fit_on_every_user(spark):
     rows, truth = blobs()
     vectors = spark.createDataFrame(rows, VECTORS)
