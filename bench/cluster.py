@@ -11,7 +11,7 @@ memory. This measures it, in one run per size:
   under ``bench/out/cluster/data/``; Spark reads the parquet, scikit-learn gets the same rows as
   one numpy array (its load time is reported apart and not counted).
 * Spark: ``sweep`` with the project's default ``ClusterConfig`` except the k range, the seeds and
-  the algorithms given here, timed end to end (count, packing, caching, every fit, evaluator,
+  the algorithms given here, timed end to end (count, sampling, packing, every fit, evaluator,
   stability, choice), in a fresh process per size (Spark start reported apart).
 * scikit-learn: the same (algorithm, k, seed) grid with ``KMeans(n_init=1, init='k-means++')`` and
   ``BisectingKMeans`` (same ``max_iter``, ``tol``, ``random_state=seed``); the silhouette is
@@ -32,8 +32,8 @@ memory. This measures it, in one run per size:
         [--spark-repeats N] [--spark-conf KEY=VALUE] [--cluster-set KEY=VALUE]
         [--variant uncached-input] [--report]
 
-``--variant uncached-input`` is a measurement of a possible change, not the project's code: each fit
-reads the parquet uncached instead of the sweep's persisted DataFrame (docs/benchmarks.md).
+``--variant uncached-input`` measures an alternative, not the project's code: each fit reads the
+parquet itself instead of the sweep's prepared input (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -186,9 +186,9 @@ def sample_ids_path(folder: Path, conf) -> Path:
 
 
 def patch_uncached_input(vectors) -> None:
-    """Variant (not the project's code): every fit gets the vectors straight from the parquet,
-    not the sweep's cached DataFrame, so MLlib caches its own NaN-checked instances once per fit
-    instead of re-running the check on every iteration (see the report in docs/benchmarks.md)."""
+    """Variant (not the project's code): every fit gets the vectors straight from the parquet, not
+    the sweep's prepared input (one local-checkpointed partition below ``PACK_BELOW`` users), so
+    the cost of reading and packing per fit can be compared (docs/benchmarks.md)."""
     from pyspark.ml.functions import array_to_vector
 
     import beha2vec.cluster as project
