@@ -244,9 +244,11 @@ CASES: list[Case] = [
         [(1, EVENT), (2, EVENT)], check=_script_urls_verbatim),
     one("ga4 two objects on one line, or trailing junk", "ga4", "a.json",
         ndjson(js(ga4("concat")) + js(ga4("concat", T0 + 1)), js(ga4("concat", T0 + 2)) + b" junk"),
-        [(1, "malformed JSON"), (2, "malformed JSON")],
-        marks=(pytest.mark.xfail(strict=True, reason="Spark's from_json ignores text after the first "
-                                 "object: the second event or the junk is dropped without a reject"),)),
+        [(1, "malformed JSON (text after the object"), (2, "malformed JSON (text after the object")]),
+    one("ga4 braces and quotes inside strings are not text after the object", "ga4", "a.json",
+        ndjson(js(ga4("braces", event_params=[param("page_title", {"string_value": 'a}{b} x "}" \\'})])),
+               js(ga4("braces", T0 + 1)) + b"  \t"),
+        [(1, EVENT), (2, EVENT)], check=_same_text("page_title", 1, 'a}{b} x "}" \\')),
     # --- ga4-flat: GA4 flattened CSV
     one("ga4-flat header only", "ga4-flat", "a.csv", FLAT_HEAD, []),
     one("ga4-flat ragged row with too few fields", "ga4-flat", "a.csv",
