@@ -74,8 +74,12 @@ def text_after_object(raw: Column) -> Column:
                       | braces_differ(structure))
 
 
-def from_json_lines(records: DataFrame) -> DataFrame:
-    """Candidate events from NDJSON records (one GA4 event per line)."""
+def from_json_lines(records: DataFrame, whole_line_check: bool = True) -> DataFrame:
+    """Candidate events from NDJSON records (one GA4 event per line).
+
+    ``whole_line_check`` rejects lines with text after their object; off only for JSON this module
+    wrote itself, which cannot have any.
+    """
     parsed = records.withColumn(
         "e",
         F.when(
@@ -84,10 +88,13 @@ def from_json_lines(records: DataFrame) -> DataFrame:
         ),
     )
     partial = F.coalesce(F.col("e.event_timestamp"), F.col("e.user_pseudo_id"), F.col("e.event_name"))
+    parse_error = F.when(F.col("error").isNotNull(), F.col("error"))
+    if whole_line_check:
+        parse_error = parse_error.when(
+            F.col("e._corrupt_record").isNull() & text_after_object(F.col("raw")),
+            F.lit("malformed JSON (text after the object: a second object or junk on the line)"))
     parse_error = (
-        F.when(F.col("error").isNotNull(), F.col("error"))
-        .when(F.col("e._corrupt_record").isNull() & text_after_object(F.col("raw")),
-              F.lit("malformed JSON (text after the object: a second object or junk on the line)"))
+        parse_error
         .when(F.col("e.event_timestamp").isNull() & F.col("e._corrupt_record").isNotNull() & partial.isNull(),
               F.lit("malformed JSON (truncated, invalid or not an object)"))
         .when(F.col("e._corrupt_record").isNotNull(), F.lit("JSON field of the wrong type"))
@@ -105,7 +112,7 @@ def from_parquet(df: DataFrame) -> DataFrame:
         F.to_json(F.struct(*[F.col(f"`{c}`") for c in present])).alias("raw"),
         F.lit(None).cast("string").alias("error"),
     )
-    return from_json_lines(records)
+    return from_json_lines(records, whole_line_check=False)
 
 
 def _candidates(parsed: DataFrame, parse_error: Column) -> DataFrame:
