@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sessionize import ROOT, dataset, machine, measure, tree_usage
@@ -47,25 +48,40 @@ STAGE_ORDER = ("ingest", "sessionize", "features", "train-encoder", "embed", "us
                "evaluate", "profile", "interpret", "compare", "report")
 
 
-def stage_seconds(lake: Path) -> dict[str, float]:
-    """Seconds per stage of the lake's runs (embed sums its models), all of which must be ok."""
+def stage_seconds(lake: Path, since: float = 0.0,
+                  timeline: list[tuple[float, int]] | None = None) -> tuple[dict, dict]:
+    """Seconds per stage of the lake's runs started at or after ``since`` (epoch seconds; embed sums
+    its models), all of which must be ok, and each stage's peak tree RSS in GiB from ``timeline``."""
     from deltalake import DeltaTable
 
     runs = DeltaTable(str(lake / "runs")).to_pandas()
+    runs = runs[runs["started_at"] >= datetime.fromtimestamp(since, UTC)]
     failed = runs[runs["status"] != "ok"]
     if len(failed):
         raise RuntimeError(f"failed stage runs in {lake}: {failed['stage'].tolist()}")
     runs["seconds"] = (runs["finished_at"] - runs["started_at"]).dt.total_seconds()
-    return {k: round(float(v), 1) for k, v in runs.groupby("stage")["seconds"].sum().items()}
+    seconds = {k: round(float(v), 1) for k, v in runs.groupby("stage")["seconds"].sum().items()}
+    peaks: dict[str, float] = {}
+    for run in runs.itertuples():
+        start, end = run.started_at.timestamp(), run.finished_at.timestamp()
+        inside = [rss for t, rss in timeline or [] if start <= t <= end]
+        if inside:
+            peaks[run.stage] = round(max(peaks.get(run.stage, 0.0), max(inside) / 2**30), 2)
+    return seconds, peaks
 
 
-def local_run(data: dict, lake: Path, log: Path, settings: list[str]) -> dict:
+def local_run(data: dict, lake: Path, log: Path, settings: list[str], first: str | None = None) -> dict:
+    """``beha2vec run`` in local mode; from stage ``first`` on an existing lake when given."""
     cmd = [str(BIN / "beha2vec"), "--conf", "conf/local.yaml", "--set", "spark.progress_bar=false",
            *(a for kv in settings for a in ("--set", kv)), "--lake", str(lake),
-           "run", "--source", data.get("source", "ga4"), data["folder"]]
-    result = measure(cmd, log)
+           "run", *(["--from", first] if first else []),
+           "--source", data.get("source", "ga4"), data["folder"]]
+    timeline: list[tuple[float, int]] = []
+    since = time.time()
+    result = measure(cmd, log, timeline)
     result.pop("stdout")
-    return result | {"stages": stage_seconds(lake)}
+    stages, peaks = stage_seconds(lake, since, timeline)
+    return result | {"stages": stages, "stage_peak_rss_gib": peaks}
 
 
 def standalone_run(data: dict, lake: Path, log: Path, settings: list[str], cluster) -> dict:
@@ -95,7 +111,7 @@ def standalone_run(data: dict, lake: Path, log: Path, settings: list[str], clust
         sampler.join()
     result.pop("stdout")
     workers_cpu = sum(ticks.values()) / os.sysconf("SC_CLK_TCK")  # every executor and Python worker
-    return result | {"stages": stage_seconds(lake), "workers_peak_rss_gib": round(peak[0] / 2**30, 2),
+    return result | {"stages": stage_seconds(lake)[0], "workers_peak_rss_gib": round(peak[0] / 2**30, 2),
                      "workers_cpu_seconds": round(workers_cpu, 1),
                      "total_cpu_seconds": round(result["cpu_seconds"] + workers_cpu, 1)}
 
@@ -106,28 +122,35 @@ def summary(runs: list[dict]) -> dict:
             "cpu_seconds": statistics.median(r.get("total_cpu_seconds", r["cpu_seconds"]) for r in runs),
             "peak_rss_gib": max(r["peak_rss_gib"] + r.get("workers_peak_rss_gib", 0) for r in runs),
             "load_after": max(r["load_after"] for r in runs),
-            "stages": {s: statistics.median(r["stages"].get(s, 0.0) for r in runs) for s in stages}}
+            "stages": {s: statistics.median(r["stages"].get(s, 0.0) for r in runs) for s in stages},
+            "stage_peak_rss_gib": {s: max(r.get("stage_peak_rss_gib", {}).get(s, 0.0) for r in runs)
+                                   for s in stages}}
 
 
 def report(results: dict) -> str:
     lines = [f"machine: {results['machine']}; settings: {results['settings']}"]
     table = ["| events | sessions | mode | runs | median s | CPU s | peak GiB | load after |",
              "|---|---|---|---|---|---|---|---|"]
-    stage_rows = []
+    stage_rows, peak_rows = [], []
     for size in results["sizes"]:
         modes = size["modes"]
         for mode, s in modes.items():
-            table.append(f"| {size['data']['events']:,} | {size.get('sessions', 0):,} | {mode} | "
+            label = f"{mode}, from {size['from']}" if size.get("from") else mode
+            table.append(f"| {size['data']['events']:,} | {size.get('sessions', 0):,} | {label} | "
                          f"{s['runs']} | {s['seconds']:.1f} | {s['cpu_seconds']:.1f} | "
                          f"{s['peak_rss_gib']:.2f} | {s['load_after']} |")
-            stage_rows.append(f"| {size['data']['events']:,} | {mode} | "
-                              + " | ".join(f"{s['stages'].get(st, 0):.1f}" for st in STAGE_ORDER) + " |")
+            for rows, key in ((stage_rows, "stages"), (peak_rows, "stage_peak_rss_gib")):
+                values = s.get(key, {})
+                rows.append(f"| {size['data']['events']:,} | {label} | "
+                            + " | ".join(f"{values[st]:.1f}" if st in values else "–" for st in STAGE_ORDER)
+                            + " |")
         if {"local", "standalone"} <= modes.keys():
             lines.append(f"{size['data']['events']:,} events: standalone / local = "
                          f"{modes['standalone']['seconds'] / modes['local']['seconds']:.2f}")
     head = "| events | mode | " + " | ".join(STAGE_ORDER) + " |"
-    return "\n".join([*lines, "", *table, "", "seconds per stage (medians):", head,
-                      "|" + "---|" * (len(STAGE_ORDER) + 2), *stage_rows])
+    rule = "|" + "---|" * (len(STAGE_ORDER) + 2)
+    return "\n".join([*lines, "", *table, "", "seconds per stage (medians):", head, rule, *stage_rows,
+                      "", "peak GiB per stage (driver process tree, local runs):", head, rule, *peak_rows])
 
 
 def sessions_of(lake: Path) -> int:
@@ -160,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, nargs="+", default=[100_000])
     parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                         help=f"setting for both modes (default: {' '.join(DEFAULT_SETTINGS)})")
+    parser.add_argument("--from", dest="first", choices=STAGE_ORDER[1:],
+                        help="resume a stopped local run on --lake from this stage (one size, one run)")
+    parser.add_argument("--lake", type=Path, help="the existing lake --from resumes")
     parser.add_argument("--report", action="store_true",
                         help="only print the saved results (WORKDIR/pipeline[-msnbc].json)")
     args = parser.parse_args(argv)
@@ -169,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         print(report(json.loads(path.read_text())))
         return 0
+    if args.first and not (args.lake and (args.lake / "runs").exists()):
+        parser.error("--from needs --lake, an existing lake whose earlier stages ran")
+    if args.first:
+        args.modes, args.repeats = ["local"], 1
     if args.msnbc:
         args.modes = ["local"]
         sizes = [(f"msnbc-{n}", msnbc_dataset(args.msnbc, n, workdir)) for n in args.users]
@@ -186,18 +216,20 @@ def main(argv: list[str] | None = None) -> int:
         sessions = 0
         for i in range(args.repeats):
             for mode in args.modes:
-                lake = workdir / "lakes" / f"pipeline-{mode}"
-                log = workdir / "logs" / f"pipeline-{mode}-{i}.log"
-                shutil.rmtree(lake, ignore_errors=True)
+                lake = args.lake or workdir / "lakes" / f"pipeline-{mode}"
+                tag = f"-from-{args.first}" if args.first else ""
+                log = workdir / "logs" / f"pipeline-{mode}-{i}{tag}.log"
+                if not args.first:
+                    shutil.rmtree(lake, ignore_errors=True)
                 if mode == "local":
-                    result = local_run(data, lake, log, settings)
+                    result = local_run(data, lake, log, settings, args.first)
                 else:
                     with standalone(workdir / "standalone", memory="4g") as cluster:
                         result = standalone_run(data, lake, log, settings, cluster)
                 sessions = sessions_of(lake)
                 runs[mode].append(result)
                 print(f"  {mode} run {i + 1}: {result['seconds']:.1f} s {result['stages']}", flush=True)
-        results["sizes"].append({"target": target, "data": data, "sessions": sessions,
+        results["sizes"].append({"target": target, "data": data, "sessions": sessions, "from": args.first,
                                  "modes": {m: summary(r) for m, r in runs.items()}, "runs": runs})
         results["sizes"].sort(key=lambda s: s["data"]["events"])
         path.write_text(json.dumps(results, indent=1, default=str))

@@ -64,10 +64,11 @@ def tree_usage(root: int) -> tuple[int, dict[int, int]]:
             {p: int(stats[p][11]) + int(stats[p][12]) for p in tree})
 
 
-def measure(cmd: list[str], log: Path) -> dict:
+def measure(cmd: list[str], log: Path, timeline: list[tuple[float, int]] | None = None) -> dict:
     """Run ``cmd`` (output to ``log``): wall seconds; CPU seconds of its process tree (sampled, as
     the JVM is not waited for), less sensitive than wall time to other work on the machine; peak
-    tree RSS; the 1-minute load average after it; its output."""
+    tree RSS; the 1-minute load average after it; its output. ``timeline`` collects the samples
+    as (epoch seconds, tree RSS bytes), for peaks per stage."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         started = time.perf_counter()
@@ -79,6 +80,8 @@ def measure(cmd: list[str], log: Path) -> dict:
             while proc.returncode is None:
                 rss, cpu = tree_usage(proc.pid)
                 peak[0] = max(peak[0], rss)
+                if timeline is not None:
+                    timeline.append((time.time(), rss))
                 ticks.update(cpu)
                 time.sleep(0.25)
 
