@@ -19,6 +19,10 @@ on 2 cores is measured by bench/embed.py (about 33 sessions/s) and would dominat
 ``--msnbc FILE --users N ...`` runs local mode on the first N users of the real msnbc data instead
 (``--source msnbc``, with MSNBC_SETTINGS: msnbc has one untimed line per user, so a user's
 "sessions" are 10-request pieces, as in docs/encoder.md).
+
+``--from STAGE --lake DIR`` resumes a stopped local run on its own lake (one run; only the stages
+run now are timed). Each local run also reports the peak memory of every stage: the driver's
+process tree, sampled every 0.25 s, between the stage's start and end in the ``runs`` table.
 """
 
 from __future__ import annotations

@@ -2,8 +2,11 @@
 
 import gzip
 
+from hypothesis import example, given
+from hypothesis import strategies as st
+
 from beha2vec.ingest.files import Split, plan_splits, resolve_paths
-from beha2vec.ingest.records import decode, iter_csv, iter_lines
+from beha2vec.ingest.records import decode, iter_csv, iter_lines, utf8_column
 
 
 def _lines(path, start=0, end=-1, first=1, gz=False, max_bytes=1000):
@@ -44,6 +47,21 @@ def test_decode_reports_bad_bytes():
     assert text == "caf\\xe9"
     assert error == "not valid UTF-8 (byte 0xe9 at position 3)"
     assert decode("café".encode()) == ("café", None)
+
+
+LINE_BYTES = st.binary(max_size=12) | st.text(max_size=6).map(str.encode)
+
+
+@given(st.lists(LINE_BYTES, max_size=8), st.lists(st.sampled_from([None, "line longer than 9 bytes"]),
+                                                   min_size=8, max_size=8))
+@example([b"ok", b"\xed\xa0\x80"], [None] * 8)  # an encoded surrogate: invalid in strict UTF-8
+@example([b"\xc0\xaf", "é".encode()], [None] * 8)  # an overlong encoding
+def test_bulk_utf8_column_equals_strict_python_decoding(contents, earlier):
+    before = earlier[:len(contents)]
+    errors = list(before)
+    expected = [decode(c) for c in contents]
+    assert utf8_column(list(contents), errors).to_pylist() == [text for text, _ in expected]
+    assert errors == [old or bad for old, (_, bad) in zip(before, expected, strict=True)]
 
 
 def test_csv_rows_map_headers_and_flag_problems(tmp_path):

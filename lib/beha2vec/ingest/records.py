@@ -73,6 +73,24 @@ def decode(content: bytes) -> tuple[str, str | None]:
         )
 
 
+def utf8_column(contents: list[bytes], errors: list[str | None]) -> pa.Array:
+    """Arrow strings of raw line bytes, validated as UTF-8 in bulk by Arrow.
+
+    Only a batch holding a bad line is decoded line by line: its bad bytes are escaped and the
+    reason is added to that line's entry of ``errors`` (an earlier error stays first). Building
+    from bytes avoids a Python string per line, which cost a quarter of the reader's time.
+    """
+    try:
+        return pa.array(contents, pa.binary()).cast(pa.string())
+    except pa.ArrowInvalid:
+        texts = []
+        for i, content in enumerate(contents):
+            text, bad = decode(content)
+            texts.append(text)
+            errors[i] = errors[i] or bad
+        return pa.array(texts, pa.string())
+
+
 def iter_csv(
     split: Split, columns: list[str], header_index: dict[str, int], max_bytes: int
 ) -> Iterator[tuple[int, int | None, str, str | None, list[str | None]]]:
@@ -145,17 +163,19 @@ class _Reader(DataSourceReader):
         cols: list[list] = [[] for _ in names]
 
         def flush() -> pa.RecordBatch:
+            raw = utf8_column(cols[3], cols[4]) if self.mode == "lines" else pa.array(cols[3], pa.string())
             arrays = [pa.array(cols[0], pa.string()), pa.array(cols[1], pa.int64()),
-                      pa.array(cols[2], pa.int64())]
-            arrays += [pa.array(c, pa.string()) for c in cols[3:]]
+                      pa.array(cols[2], pa.int64()), raw]
+            arrays += [pa.array(c, pa.string()) for c in cols[4:]]
             for c in cols:
                 c.clear()
             return pa.RecordBatch.from_arrays(arrays, names=names)
 
         if self.mode == "csv":
             records = iter_csv(split, self.columns, self.headers[split.path], self.max_bytes)
-        else:
-            records = self._lines(split)
+        else:  # raw line bytes: utf8_column decodes them a batch at a time
+            records = ((line, off, content, err, ()) for line, off, content, err
+                       in iter_lines(split, self.max_bytes))
         for line, off, raw, err, vals in records:
             cols[0].append(split.path)
             cols[1].append(line)
@@ -168,11 +188,6 @@ class _Reader(DataSourceReader):
                 yield flush()
         if cols[0]:
             yield flush()
-
-    def _lines(self, split: Split):
-        for line, off, content, err in iter_lines(split, self.max_bytes):
-            text, bad = decode(content)
-            yield line, off, text, err or bad, ()
 
 
 class RecordsDataSource(DataSource):
