@@ -85,7 +85,8 @@ def local_run(data: dict, lake: Path, log: Path, settings: list[str], first: str
     result = measure(cmd, log, timeline)
     result.pop("stdout")
     stages, peaks = stage_seconds(lake, since, timeline)
-    return result | {"stages": stages, "stage_peak_rss_gib": peaks}
+    trace = [[round(t - since, 1), round(rss / 2**30, 2)] for t, rss in timeline[::4]]  # about 1 s apart
+    return result | {"stages": stages, "stage_peak_rss_gib": peaks, "rss_gib_by_second": trace}
 
 
 def standalone_run(data: dict, lake: Path, log: Path, settings: list[str], cluster) -> dict:
