@@ -52,7 +52,7 @@ STAGE_ORDER = ("ingest", "sessionize", "features", "train-encoder", "embed", "us
                "evaluate", "profile", "interpret", "compare", "report")
 
 
-def stage_seconds(lake: Path, since: float = 0.0,
+def stage_figures(lake: Path, since: float = 0.0,
                   timeline: list[tuple[float, int]] | None = None) -> tuple[dict, dict]:
     """Seconds per stage of the lake's runs started at or after ``since`` (epoch seconds; embed sums
     its models), all of which must be ok, and each stage's peak tree RSS in GiB from ``timeline``."""
@@ -84,7 +84,7 @@ def local_run(data: dict, lake: Path, log: Path, settings: list[str], first: str
     since = time.time()
     result = measure(cmd, log, timeline)
     result.pop("stdout")
-    stages, peaks = stage_seconds(lake, since, timeline)
+    stages, peaks = stage_figures(lake, since, timeline)
     trace = [[round(t - since, 1), round(rss / 2**30, 2)] for t, rss in timeline[::4]]  # about 1 s apart
     return result | {"stages": stages, "stage_peak_rss_gib": peaks, "rss_gib_by_second": trace}
 
@@ -116,7 +116,7 @@ def standalone_run(data: dict, lake: Path, log: Path, settings: list[str], clust
         sampler.join()
     result.pop("stdout")
     workers_cpu = sum(ticks.values()) / os.sysconf("SC_CLK_TCK")  # every executor and Python worker
-    return result | {"stages": stage_seconds(lake)[0], "workers_peak_rss_gib": round(peak[0] / 2**30, 2),
+    return result | {"stages": stage_figures(lake)[0], "workers_peak_rss_gib": round(peak[0] / 2**30, 2),
                      "workers_cpu_seconds": round(workers_cpu, 1),
                      "total_cpu_seconds": round(result["cpu_seconds"] + workers_cpu, 1)}
 

@@ -163,6 +163,7 @@ class _Reader(DataSourceReader):
         cols: list[list] = [[] for _ in names]
 
         def flush() -> pa.RecordBatch:
+            # first: decoding line bytes may add a reason to the error column (cols[4]) built below
             raw = utf8_column(cols[3], cols[4]) if self.mode == "lines" else pa.array(cols[3], pa.string())
             arrays = [pa.array(cols[0], pa.string()), pa.array(cols[1], pa.int64()),
                       pa.array(cols[2], pa.int64()), raw]
