@@ -98,9 +98,12 @@ def live_members(pgid: int) -> list[int]:
     return pids
 
 
-def kill_during_write(lake: Path, table: str, args: list[str], cwd: Path, timeout: float = 300) -> None:
+def kill_during_write(lake: Path, table: str, args: list[str], cwd: Path, timeout: float = 300,
+                      jvm_only: bool = False) -> int | None:
     """Run ``beha2vec ARGS`` and SIGKILL its whole process group (driver, JVM, Python workers) as
-    soon as new parquet files appear in the table's folder; fails when the command ends before."""
+    soon as new parquet files appear in the table's folder; fails when the command ends before.
+    ``jvm_only`` kills Spark's JVM alone and returns the exit status of the Python driver, which
+    lives on to report the failure (stderr in ``cwd/killed.stderr``)."""
     folder = lake / table
     before = parquet_files(folder)
     with open(cwd / "killed.stderr", "w") as log:
@@ -113,14 +116,20 @@ def kill_during_write(lake: Path, table: str, args: list[str], cwd: Path, timeou
                 cwd / "killed.stderr").read_text()[-3000:]
             assert time.monotonic() < deadline, f"no new {table} files after {timeout} s"
             time.sleep(0.02)
+        if jvm_only:
+            java = [p for p in live_members(proc.pid) if Path(f"/proc/{p}/comm").read_text() == "java\n"]
+            assert len(java) == 1, f"expected one JVM in the process group, found {java}"
+            os.kill(java[0], signal.SIGKILL)
+            return proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while live_members(proc.pid):
-        assert time.monotonic() < deadline, f"still running after SIGKILL: {live_members(proc.pid)}"
-        time.sleep(0.1)
+        deadline = time.monotonic() + 30
+        while live_members(proc.pid):
+            assert time.monotonic() < deadline, f"still running after SIGKILL: {live_members(proc.pid)}"
+            time.sleep(0.1)
+    return None
 
 
 def first_week(data: Path) -> list[str]:
@@ -198,6 +207,29 @@ def test_sigkill_during_ingest_keeps_the_previous_version_and_a_rerun_has_no_dup
     assert fingerprint(lake.read("events"), "event_id") == after
     previous = DeltaTable(lake.uri("events"), version=version).to_pyarrow_table(columns=["event_id"])
     assert previous.num_rows == before[0], "committed files of earlier versions stay"
+
+
+def test_spark_dying_mid_ingest_is_reported_in_one_line_and_recorded_as_failed(copied, ga4, tmp_path):
+    """Spark's JVM dies while the Python driver lives (what an OutOfMemoryError or the kernel's OOM
+    killer does): the user sees the stage's error, not one of its clean-up, and ``runs`` gets the
+    failed run through delta-rs, since Spark can no longer write it."""
+    lake, root = copied, Path(copied.root)
+    version = lake.version("events")
+    before = set(DeltaTable(lake.uri("runs")).to_pandas()["run_id"])
+    args = ["ingest", "--source", "ga4", str(ga4[0])]
+    rc = kill_during_write(root, "events", args, tmp_path, jvm_only=True)
+    stderr = (tmp_path / "killed.stderr").read_text()
+    assert rc == 2, stderr[-3000:]
+    line = error_line(stderr)
+    assert re.match(rf"error: writing table 'events' at {root}/events failed: Spark's JVM is gone ",
+                    line), line
+    assert "unpersist" not in stderr and "beha2vec/" not in stderr, "no traceback of ours"
+    runs = lake.read("runs").toPandas()
+    new = runs[~runs["run_id"].isin(before)]
+    assert list(new["stage"]) == ["ingest"] and list(new["status"]) == ["failed"], new
+    assert "writing table 'events'" in json.loads(new["details"].iloc[0])["error"]
+    assert new["finished_at"].iloc[0] >= new["started_at"].iloc[0]
+    assert lake.version("events") == version
 
 
 def _unshare_works() -> bool:

@@ -15,6 +15,7 @@ import time
 from beha2vec import __version__
 from beha2vec.config import ConfigError, load_config
 from beha2vec.context import Context
+from beha2vec.errors import brief, hint, text_of
 from beha2vec.ingest import SOURCES
 from beha2vec.ingest.files import InputError
 from beha2vec.lake import LakeError
@@ -411,14 +412,21 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> int:
         _dispatch(args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
+        _print_hint(str(exc))
         return 2
     except Exception as exc:  # a failed Spark job: one line here, the whole traceback with -v
         if args.verbose:
             raise
-        first = next((line for line in str(exc).splitlines() if line.strip()), "")
-        print(f"error: {type(exc).__name__}: {first[:500]} (run with -v for the traceback)", file=sys.stderr)
+        print(f"error: {type(exc).__name__}: {brief(exc)} (run with -v for the traceback)", file=sys.stderr)
+        _print_hint(text_of(exc))
         return 1
     return 0
+
+
+def _print_hint(message: str) -> None:
+    advice = hint(message)
+    if advice:
+        print(f"hint: {advice}", file=sys.stderr)
 
 
 def _as_args(ns: argparse.Namespace) -> list[str]:

@@ -49,6 +49,7 @@ from sklearn.metrics import adjusted_rand_score
 from tqdm.auto import tqdm
 
 from beha2vec.config import ClusterConfig, ConfigError
+from beha2vec.spark import release
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def sweep(vectors: DataFrame, conf: ClusterConfig, name: str) -> tuple[pd.DataFr
             every["chosen_k"] = every["chosen"] = every["all_users"] = True
             scores = pd.concat([scores, every], ignore_index=True)
     finally:
-        sample.unpersist()
+        release(sample)
     return scores.sort_values(["algorithm", "all_users", "k", "seed"], ignore_index=True), chosen
 
 

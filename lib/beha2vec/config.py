@@ -30,6 +30,7 @@ class SparkConfig:
     app_name: str = "beha2vec"
     driver_memory: str = "4g"
     shuffle_partitions: int = 8
+    rows_per_partition: int = 250_000
     arrow_batch_size: int = 10000
     log_level: str = "WARN"
     progress_bar: bool = True

@@ -52,6 +52,7 @@ from beha2vec.openai_api import (
     clipper,
 )
 from beha2vec.openai_api import client as openai_client
+from beha2vec.spark import release
 from beha2vec.tables import EMBEDDING_CACHE
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def embed_texts_openai(
             settings = _settings(conf, model)
             _embed_missing(ctx, key, settings, todo, estimate, conf.chunk_texts)
     finally:
-        todo.unpersist()
+        release(todo)
     return texts.select("text_hash").join(
         _cached(ctx, key).select("text_hash", "dim", "embedding").dropDuplicates(["text_hash"]), "text_hash"
     )
@@ -292,7 +293,7 @@ def _embed_missing(
         try:
             ok, failed, reason = _write_chunk(ctx, key, results)
         finally:
-            results.unpersist()
+            release(results)
         done += ok
         log.info("%s: chunk %d/%d embedded %d texts (%d of %d in this run)", key, i + 1, n_chunks, ok, done,
                  estimate.texts)

@@ -28,6 +28,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
+from beha2vec.errors import brief
 from beha2vec.tables import TABLES, TableSpec, spec
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,20 @@ class Lake:
             return self._write_native(df, table, mode, replace)
         return self._write_delta_rs(df, table, mode, replace)
 
+    def append_rows(self, name: str, rows: list[tuple]) -> None:
+        """Append a few rows through delta-rs alone: the record of a run whose failure stopped Spark
+        (tables of the native route are Delta tables too; the metastore is not touched)."""
+        from deltalake import write_deltalake
+
+        table = spec(name)
+        schema = to_arrow_schema(table.schema, timezone="UTC")
+        data = pa.Table.from_pylist([dict(zip(schema.names, r, strict=True)) for r in rows], schema=schema)
+        try:
+            write_deltalake(self.uri(name), data, mode="append",
+                            partition_by=list(table.partition_by) or None)
+        except Exception as exc:
+            raise LakeError(f"appending to table '{name}' at {self.uri(name)} failed: {brief(exc)}") from exc
+
     def _write_native(
         self, df: DataFrame, table: TableSpec, mode: str, replace: dict[str, str] | None
     ) -> Written:
@@ -264,7 +279,7 @@ class Lake:
         try:
             return DeltaTable(self.uri(name))
         except DeltaError as exc:
-            raise LakeError(f"table '{name}' at {self.uri(name)} cannot be read: {_short(exc)}; a commit "
+            raise LakeError(f"table '{name}' at {self.uri(name)} cannot be read: {brief(exc)}; a commit "
                             f"in {self.uri(name)}/_delta_log is damaged (earlier versions stay readable "
                             "by number)") from exc
 
@@ -276,7 +291,7 @@ class Lake:
             try:
                 infos.append(self._info(name))
             except Exception as exc:  # any reader's error: reported in the listing, not raised
-                infos.append(TableInfo(name, None, None, None, problem=_short(exc)))
+                infos.append(TableInfo(name, None, None, None, problem=brief(exc)))
         return infos
 
     def table_names(self) -> list[str]:
@@ -348,7 +363,7 @@ class Lake:
         try:
             writer.parquet(f"{uri}/{write_id}")
         except Exception as exc:
-            raise LakeError(f"writing table '{table.name}' at {uri} failed: {_short(exc)}") from exc
+            raise LakeError(f"writing table '{table.name}' at {uri} failed: {brief(exc)}") from exc
 
         arrow_schema = to_arrow_schema(table.schema, timezone="UTC")
         file_schema = pa.schema([f for f in arrow_schema if f.name not in table.partition_by])
@@ -391,7 +406,7 @@ class Lake:
         except LakeError:
             raise
         except Exception as exc:
-            raise LakeError(f"committing table '{table.name}' at {uri} failed: {_short(exc)}") from exc
+            raise LakeError(f"committing table '{table.name}' at {uri} failed: {brief(exc)}") from exc
         version = DeltaTable(uri).version()
         rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
         log.info("wrote %s version %d (%d rows, %d files)", table.name, version, rows, len(actions))
@@ -454,7 +469,7 @@ class Lake:
                               for a in actions.column(k).to_pylist() if a]
         except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
             raise LakeError(f"the log of table '{name}' at {self.uri(name)} cannot be read, so no file "
-                            f"of it is removed: {_short(exc)}") from exc
+                            f"of it is removed: {brief(exc)}") from exc
         return {unquote(p).split("/")[0] for p in paths}
 
     def _fs_path(self, uri: str) -> str:
@@ -490,22 +505,3 @@ def _spark_schema_of(dt) -> T.StructType:
     from pyspark.sql.pandas.types import from_arrow_schema
 
     return from_arrow_schema(pa.schema(dt.schema().to_arrow()))
-
-
-def _short(exc: BaseException) -> str:
-    """The first line of an error; for a Java error, of its root cause (Py4J's own first line only
-    names the JVM call that failed)."""
-    root = getattr(exc, "java_exception", None)
-    if root is not None:
-        try:
-            for _ in range(32):  # cause chains are short; bounded all the same
-                cause = root.getCause()
-                if cause is None:
-                    break
-                root = cause
-            exc = RuntimeError(str(root.toString()))
-        except Exception:  # the JVM may be gone: fall back to the Python text
-            pass
-    text = str(exc).strip().splitlines()
-    return text[0][:500] if text else type(exc).__name__
-

@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 
 from beha2vec import __version__
 from beha2vec.config import Config
+from beha2vec.errors import brief, text_of
 from beha2vec.lake import Lake
 from beha2vec.tables import RUNS
 
@@ -73,7 +74,7 @@ def recorded(lake: Lake, config: Config, stage: str) -> Iterator[Run]:
         run.check()
         status = "ok"
     except BaseException as exc:
-        run.details["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        run.details["error"] = f"{type(exc).__name__}: {text_of(exc)}"[:2000]
         raise
     finally:
         row = (
@@ -81,10 +82,22 @@ def recorded(lake: Lake, config: Config, stage: str) -> Iterator[Run]:
             run.rows_in, run.rows_out, run.rows_rejected, config.hash(), code_version(),
             json.dumps(run.details, default=str, sort_keys=True),
         )
-        try:
-            lake.write(lake.spark.createDataFrame([row], RUNS), "runs", mode="append")
-        except Exception as exc:  # the stage's own outcome matters more than its record
-            log.error("could not record run %s of %s: %s", run.run_id, stage, exc)
+        _record(lake, row)
+
+
+def _record(lake: Lake, row: tuple) -> None:
+    """Append one row to ``runs``; through delta-rs alone when Spark cannot (a failure such as the
+    JVM running out of memory stops Spark, and that failure is the one most worth a record)."""
+    try:
+        lake.write(lake.spark.createDataFrame([row], RUNS), "runs", mode="append")
+        return
+    except Exception as exc:
+        log.warning("recording run %s of %s through Spark failed (%s); recording it through delta-rs",
+                    row[0], row[1], brief(exc))
+    try:
+        lake.append_rows("runs", [row])
+    except Exception as exc:  # the stage's own outcome matters more than its record
+        log.error("could not record run %s of %s: %s", row[0], row[1], brief(exc))
 
 
 def resume_point(lake: Lake, stages: list[str]) -> str | None:

@@ -6,14 +6,21 @@ parquet timestamps written as TIMESTAMP_MICROS so delta-rs commits plain ``times
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pyspark.logger import PySparkLogger
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from beha2vec.config import SparkConfig
+from beha2vec.errors import brief
+
+log = logging.getLogger(__name__)
 
 FIXED_CONF = {
     "spark.sql.session.timeZone": "UTC",
@@ -78,3 +85,38 @@ def get_spark(conf: SparkConfig) -> SparkSession:
 def _under_spark_submit() -> bool:
     """spark-submit starts the JVM first and hands its gateway port to the Python driver."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def release(*frames: DataFrame | None) -> None:
+    """Unpersist cached frames, never raising: this runs in ``finally`` blocks, where an error of its
+    own (Spark already stopped by the failure being handled) would hide the failure that matters."""
+    for frame in frames:
+        if frame is None:
+            continue
+        try:
+            frame.unpersist()
+        except Exception as exc:
+            log.warning("could not release a cached frame: %s", brief(exc))
+
+
+@contextmanager
+def setting(spark: SparkSession, key: str, value: str) -> Iterator[None]:
+    """A session setting for the queries of one block, restored afterwards."""
+    before = spark.conf.get(key)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        spark.conf.set(key, before)
+
+
+def partitions_for(rows: int, conf: SparkConfig) -> int:
+    """Shuffle partitions for ``rows`` input rows: the configured number, more when each partition
+    would hold over ``rows_per_partition`` rows. A task's aggregation, sort and cache buffers grow
+    with its rows; at 10M events in 8 partitions ingest ran a 4g driver out of heap."""
+    return max(conf.shuffle_partitions, math.ceil(rows / conf.rows_per_partition))
+
+
+def scaled_shuffle(spark: SparkSession, rows: int, conf: SparkConfig):
+    """The shuffle partitions of :func:`partitions_for`, for the queries of one block."""
+    return setting(spark, "spark.sql.shuffle.partitions", str(partitions_for(rows, conf)))

@@ -20,6 +20,7 @@ from beha2vec.context import Context
 from beha2vec.runs import recorded
 from beha2vec.sessionize import sessionize as sessionize_events
 from beha2vec.sessionize import validate as validate_sessionize
+from beha2vec.spark import partitions_for, release, scaled_shuffle, setting
 
 log = logging.getLogger(__name__)
 
@@ -50,33 +51,35 @@ def ingest(ctx: Context, source: str, paths: list[str], incremental: bool = Fals
         read = [f.path for f in chosen]
         typed = ingest_lib.validate(ingest_lib.read_candidates(ctx.spark, source, read, conf), conf,
                                     dt.datetime.now(dt.UTC)).persist(StorageLevel.MEMORY_AND_DISK)
+        collapsed = fresh = None
         try:
             counts = {r["ok"]: r["n"] for r in typed.groupBy(F.col("reason").isNull().alias("ok"))
                       .agg(F.count(F.lit(1)).alias("n")).collect()}
-            collapsed = ingest_lib.collapse_duplicates(typed.where(F.col("reason").isNull()).drop("raw"))
-            collapsed = collapsed.persist(StorageLevel.MEMORY_AND_DISK)
-            # read by changed_users, events and (incrementally) rejects: URL parts are computed once
-            fresh = ingest_lib.to_events(collapsed, conf, derive_durations=source == "webtracking")
-            new = fresh = fresh.persist(StorageLevel.MEMORY_AND_DISK)
-            rejects = ingest_lib.to_rejects(typed, collapsed, run.run_id, conf)
-            old = (ctx.lake.read("events").where(F.col("source") == source)
-                   if ctx.lake.exists("events") else None)
-            if old is None or not keep_unread:
-                changed = new.select("user_id") if old is None else new.select("user_id").unionByName(
-                    old.select("user_id"))
-                kept_events = kept_rejects = 0
-            else:
-                new, rejects, changed, kept_events, kept_rejects = _keep_unread(ctx, source, read, old, new,
-                                                                                rejects, run.run_id)
-            _record_changed_users(ctx, changed, source, run.run_id)
-            events = ctx.lake.write(new, "events", replace={"source": source})
-            written = ctx.lake.write(rejects, "rejects", replace={"stage": "ingest", "source": source})
-            collapsed.unpersist()
-            fresh.unpersist()
+            rows = counts.get(True, 0) + counts.get(False, 0)
+            run.details["shuffle_partitions"] = partitions_for(rows, ctx.config.spark)
+            with scaled_shuffle(ctx.spark, rows, ctx.config.spark):
+                collapsed = ingest_lib.collapse_duplicates(typed.where(F.col("reason").isNull()).drop("raw"))
+                collapsed = collapsed.persist(StorageLevel.MEMORY_AND_DISK)
+                # read by changed_users, events and (incrementally) rejects: URL parts are computed once
+                fresh = ingest_lib.to_events(collapsed, conf, derive_durations=source == "webtracking")
+                new = fresh = fresh.persist(StorageLevel.MEMORY_AND_DISK)
+                rejects = ingest_lib.to_rejects(typed, collapsed, run.run_id, conf)
+                old = (ctx.lake.read("events").where(F.col("source") == source)
+                       if ctx.lake.exists("events") else None)
+                if old is None or not keep_unread:
+                    changed = new.select("user_id") if old is None else new.select("user_id").unionByName(
+                        old.select("user_id"))
+                    kept_events = kept_rejects = 0
+                else:
+                    new, rejects, changed, kept_events, kept_rejects = _keep_unread(
+                        ctx, source, read, old, new, rejects, run.run_id)
+                _record_changed_users(ctx, changed, source, run.run_id)
+                events = ctx.lake.write(new, "events", replace={"source": source})
+                written = ctx.lake.write(rejects, "rejects", replace={"stage": "ingest", "source": source})
         finally:
-            typed.unpersist()
+            release(typed, collapsed, fresh)
         _record_files(ctx, source, chosen, ledger, run.run_id, keep_unread=keep_unread)
-        run.rows_in = counts.get(True, 0) + counts.get(False, 0)
+        run.rows_in = rows
         run.rows_out = events.rows - kept_events
         run.rows_rejected = written.rows - kept_rejects
         run.details.update(invalid=counts.get(False, 0), events_kept=kept_events,
@@ -156,22 +159,26 @@ def sessionize(ctx: Context, incremental: bool = False) -> dict:
                        .persist(StorageLevel.MEMORY_AND_DISK))
             events = events.join(changed, "user_id", "left_semi")
             run.details["users_recomputed"] = changed.count()
-        run.rows_in = events.count()
-        sessions = sessionize_events(events, conf)
-        if changed is not None:
-            sessions = ctx.lake.read("sessions").join(changed, "user_id", "left_anti").unionByName(sessions)
-        written = ctx.lake.write(sessions, "sessions")
-        scope = ctx.lake.read("sessions")
-        if changed is not None:
-            scope = scope.join(changed, "user_id", "left_semi")
-        stats = scope.agg(
-            F.sum("n_events").alias("events"), F.count(F.lit(1)).alias("sessions"),
-            F.sum(F.col("is_bot").cast("long")).alias("bot_sessions"),
-            F.sum(F.col("is_capped").cast("long")).alias("capped_sessions"),
-            F.sum(F.col("text_truncated").cast("long")).alias("truncated_texts"),
-        ).first()
-        if changed is not None:
-            changed.unpersist()
+        try:
+            run.rows_in = events.count()
+            run.details["shuffle_partitions"] = partitions_for(run.rows_in, ctx.config.spark)
+            with scaled_shuffle(ctx.spark, run.rows_in, ctx.config.spark):
+                sessions = sessionize_events(events, conf)
+                if changed is not None:
+                    kept = ctx.lake.read("sessions").join(changed, "user_id", "left_anti")
+                    sessions = kept.unionByName(sessions)
+                written = ctx.lake.write(sessions, "sessions")
+            scope = ctx.lake.read("sessions")
+            if changed is not None:
+                scope = scope.join(changed, "user_id", "left_semi")
+            stats = scope.agg(
+                F.sum("n_events").alias("events"), F.count(F.lit(1)).alias("sessions"),
+                F.sum(F.col("is_bot").cast("long")).alias("bot_sessions"),
+                F.sum(F.col("is_capped").cast("long")).alias("capped_sessions"),
+                F.sum(F.col("text_truncated").cast("long")).alias("truncated_texts"),
+            ).first()
+        finally:
+            release(changed)
         ctx.lake.write(ctx.spark.createDataFrame([], CHANGED_USERS), "changed_users")
         run.rows_out = int(stats["events"] or 0)
         run.details.update({k: int(stats[k] or 0) for k in
@@ -180,16 +187,9 @@ def sessionize(ctx: Context, incremental: bool = False) -> dict:
     return run.details | {"rows_in": run.rows_in, "rows_out": run.rows_out}
 
 
-@contextmanager
 def _arrow_batch(spark, rows: int):
     """Rows per Arrow batch for the pandas UDFs of one stage, restored afterwards."""
-    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    before = spark.conf.get(key)
-    spark.conf.set(key, str(rows))
-    try:
-        yield
-    finally:
-        spark.conf.set(key, before)
+    return setting(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", str(rows))
 
 
 def _encoder_name(model: str, version: int) -> str:
@@ -294,8 +294,7 @@ def _per_session(ctx: Context, table: str, sessions, identity: str | None, model
         details["reused"] = kept.count()
         yield todo, lambda rows: kept.unionByName(rows.join(current, "session_id"))
     finally:
-        kept.unpersist()
-        current.unpersist()
+        release(kept, current)
 
 
 def embed(ctx: Context, models: list[str] | None = None, incremental: bool = False) -> list[dict]:
@@ -324,8 +323,7 @@ def embed(ctx: Context, models: list[str] | None = None, incremental: bool = Fal
                 try:
                     written = ctx.lake.write(complete(rows), "session_embeddings", replace={"model": name})
                 finally:
-                    if cached is not None:
-                        cached.unpersist()
+                    release(cached)
             run.rows_in = sessions.count()
             run.rows_out = written.rows
             run.rows_rejected = 0
