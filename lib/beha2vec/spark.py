@@ -18,7 +18,7 @@ from pyspark.logger import PySparkLogger
 from pyspark.sql import DataFrame, SparkSession
 
 from beha2vec.config import SparkConfig
-from beha2vec.errors import brief
+from beha2vec.errors import brief, jvm_gone
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ def release(*frames: DataFrame | None) -> None:
         try:
             frame.unpersist()
         except Exception as exc:
+            if jvm_gone(exc):
+                return  # its caches went with it
             log.warning("could not release a cached frame: %s", brief(exc))
 
 
@@ -107,7 +109,11 @@ def setting(spark: SparkSession, key: str, value: str) -> Iterator[None]:
     try:
         yield
     finally:
-        spark.conf.set(key, before)
+        try:
+            spark.conf.set(key, before)
+        except Exception as exc:  # as in release: never hide the failure being handled
+            if not jvm_gone(exc):
+                log.warning("could not restore %s: %s", key, brief(exc))
 
 
 def partitions_for(rows: int, conf: SparkConfig) -> int:
