@@ -7,7 +7,7 @@ import socket
 import pytest
 from py4j.java_gateway import GatewayParameters, JavaGateway
 
-from beha2vec.errors import MEMORY_HINT, brief, hint, jvm_gone
+from beha2vec.errors import MEMORY_HINT, brief, hint, jvm_gone, spark_stopped
 
 
 def closed_port() -> int:
@@ -49,5 +49,12 @@ def test_running_out_of_memory_gets_the_memory_hint(text):
     assert hint(text) == MEMORY_HINT
 
 
-def test_other_errors_get_no_hint():
+def test_other_errors_get_no_hint_unless_spark_stopped():
+    message = "writing table 'changed_users' failed: java.lang.NullPointerException: Cannot invoke ..."
     assert hint("UNRESOLVED_COLUMN: a column cannot be resolved") is None
+    assert hint(message) is None
+    assert hint(message, spark_stopped=True).startswith("Spark stopped while this ran")
+
+
+def test_the_running_session_is_not_stopped(spark):
+    assert not spark_stopped()

@@ -15,7 +15,7 @@ import time
 from beha2vec import __version__
 from beha2vec.config import ConfigError, load_config
 from beha2vec.context import Context
-from beha2vec.errors import brief, hint, text_of
+from beha2vec.errors import brief, hint, spark_stopped, text_of
 from beha2vec.ingest import SOURCES
 from beha2vec.ingest.files import InputError
 from beha2vec.lake import LakeError
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> int:
 
 
 def _print_hint(message: str) -> None:
-    advice = hint(message)
+    advice = hint(message, spark_stopped())
     if advice:
         print(f"hint: {advice}", file=sys.stderr)
 

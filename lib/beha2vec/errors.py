@@ -41,11 +41,28 @@ def jvm_gone(exc: BaseException) -> bool:
         "py4j" in frame.filename for frame in traceback.extract_tb(exc.__traceback__))
 
 
-def hint(text: str) -> str | None:
-    """Advice for an error message whose cure is a setting, else None."""
+def hint(text: str, spark_stopped: bool = False) -> str | None:
+    """Advice for an error whose cure is a setting, else None. When Spark stopped during the command,
+    the error Python sees is often a consequence (a call on the stopped context), not the cause."""
     if "OutOfMemoryError" in text or "Java heap space" in text:
         return MEMORY_HINT
+    if spark_stopped:
+        return (f"Spark stopped while this ran; the first ERROR in its log above says why. If that is "
+                f"java.lang.OutOfMemoryError: {MEMORY_HINT}")
     return None
+
+
+def spark_stopped() -> bool:
+    """Whether this process's SparkContext has stopped (or its JVM is gone) since it started."""
+    from pyspark import SparkContext
+
+    context = SparkContext._active_spark_context
+    if context is None:
+        return False
+    try:
+        return bool(context._jsc.sc().isStopped())
+    except Exception:  # the JVM cannot be asked: it is gone
+        return True
 
 
 def text_of(exc: BaseException) -> str:

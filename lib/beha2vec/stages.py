@@ -23,6 +23,9 @@ from beha2vec.sessionize import validate as validate_sessionize
 from beha2vec.spark import partitions_for, release, scaled_shuffle, setting
 
 log = logging.getLogger(__name__)
+# ingest's cached frames are as big as its input: on disk they cannot run the heap out, as the
+# columnar cache in memory did at 10M events with a 4g driver (docs/benchmarks.md)
+INPUT_SIZED = StorageLevel.DISK_ONLY
 
 
 def ingest(ctx: Context, source: str, paths: list[str], incremental: bool = False) -> dict:
@@ -50,7 +53,7 @@ def ingest(ctx: Context, source: str, paths: list[str], incremental: bool = Fals
             return run.details | {"rows_in": 0, "rows_out": 0, "rows_rejected": 0}
         read = [f.path for f in chosen]
         typed = ingest_lib.validate(ingest_lib.read_candidates(ctx.spark, source, read, conf), conf,
-                                    dt.datetime.now(dt.UTC)).persist(StorageLevel.MEMORY_AND_DISK)
+                                    dt.datetime.now(dt.UTC)).persist(INPUT_SIZED)
         collapsed = fresh = None
         try:
             counts = {r["ok"]: r["n"] for r in typed.groupBy(F.col("reason").isNull().alias("ok"))
@@ -59,10 +62,10 @@ def ingest(ctx: Context, source: str, paths: list[str], incremental: bool = Fals
             run.details["shuffle_partitions"] = partitions_for(rows, ctx.config.spark)
             with scaled_shuffle(ctx.spark, rows, ctx.config.spark):
                 collapsed = ingest_lib.collapse_duplicates(typed.where(F.col("reason").isNull()).drop("raw"))
-                collapsed = collapsed.persist(StorageLevel.MEMORY_AND_DISK)
+                collapsed = collapsed.persist(INPUT_SIZED)
                 # read by changed_users, events and (incrementally) rejects: URL parts are computed once
                 fresh = ingest_lib.to_events(collapsed, conf, derive_durations=source == "webtracking")
-                new = fresh = fresh.persist(StorageLevel.MEMORY_AND_DISK)
+                new = fresh = fresh.persist(INPUT_SIZED)
                 rejects = ingest_lib.to_rejects(typed, collapsed, run.run_id, conf)
                 old = (ctx.lake.read("events").where(F.col("source") == source)
                        if ctx.lake.exists("events") else None)
