@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from beha2vec.config import SparkConfig
+import pytest
+
+from beha2vec.config import ConfigError, SparkConfig
 from beha2vec.spark import partitions_for, scaled_shuffle
 
 
@@ -12,6 +14,8 @@ def test_partitions_grow_with_rows_beyond_the_configured_number():
     assert partitions_for(1_000_000, conf) == 8
     assert partitions_for(2_000_001, conf) == 9
     assert partitions_for(9_895_127, conf) == 40
+    with pytest.raises(ConfigError, match="spark.rows_per_partition must be at least 1, got 0"):
+        partitions_for(10, SparkConfig(rows_per_partition=0))
 
 
 def test_scaled_shuffle_applies_inside_the_block_and_is_restored(spark):

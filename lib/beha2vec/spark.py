@@ -17,7 +17,7 @@ from pathlib import Path
 from pyspark.logger import PySparkLogger
 from pyspark.sql import DataFrame, SparkSession
 
-from beha2vec.config import SparkConfig
+from beha2vec.config import ConfigError, SparkConfig
 from beha2vec.errors import brief, jvm_gone
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,10 @@ def setting(spark: SparkSession, key: str, value: str) -> Iterator[None]:
 
 def partitions_for(rows: int, conf: SparkConfig) -> int:
     """Shuffle partitions for ``rows`` input rows: the configured number, more when each partition
-    would hold over ``rows_per_partition`` rows. A task's aggregation, sort and cache buffers grow
-    with its rows; at 10M events in 8 partitions ingest ran a 4g driver out of heap."""
+    would hold over ``rows_per_partition`` rows. A task's aggregation and sort buffers grow with its
+    rows; with a fixed number of partitions they grow with the input."""
+    if conf.rows_per_partition < 1:
+        raise ConfigError(f"spark.rows_per_partition must be at least 1, got {conf.rows_per_partition}")
     return max(conf.shuffle_partitions, math.ceil(rows / conf.rows_per_partition))
 
 
