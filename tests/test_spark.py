@@ -22,10 +22,11 @@ def test_scaled_shuffle_applies_inside_the_block_and_is_restored(spark):
     key = "spark.sql.shuffle.partitions"
     before = spark.conf.get(key)
     conf = SparkConfig(shuffle_partitions=int(before), rows_per_partition=10)
-    with scaled_shuffle(spark, 1000, conf):
+    with scaled_shuffle(spark, 1000, conf) as partitions:
+        assert partitions == 100
         assert spark.conf.get(key) == "100"
-        assert "hashpartitioning(id#" in _plan(spark.range(1000).repartition("id"))
-        assert ", 100)" in _plan(spark.range(1000).repartition("id"))
+        plan = _plan(spark.range(1000).repartition("id"))
+        assert "hashpartitioning(id#" in plan and ", 100)" in plan
     assert spark.conf.get(key) == before
 
 

@@ -125,6 +125,10 @@ def partitions_for(rows: int, conf: SparkConfig) -> int:
     return max(conf.shuffle_partitions, math.ceil(rows / conf.rows_per_partition))
 
 
-def scaled_shuffle(spark: SparkSession, rows: int, conf: SparkConfig):
-    """The shuffle partitions of :func:`partitions_for`, for the queries of one block."""
-    return setting(spark, "spark.sql.shuffle.partitions", str(partitions_for(rows, conf)))
+@contextmanager
+def scaled_shuffle(spark: SparkSession, rows: int, conf: SparkConfig) -> Iterator[int]:
+    """The shuffle partitions of :func:`partitions_for` (yielded, for the run's record), for the
+    queries of one block."""
+    partitions = partitions_for(rows, conf)
+    with setting(spark, "spark.sql.shuffle.partitions", str(partitions)):
+        yield partitions

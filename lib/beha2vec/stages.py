@@ -20,7 +20,7 @@ from beha2vec.context import Context
 from beha2vec.runs import recorded
 from beha2vec.sessionize import sessionize as sessionize_events
 from beha2vec.sessionize import validate as validate_sessionize
-from beha2vec.spark import partitions_for, release, scaled_shuffle, setting
+from beha2vec.spark import release, scaled_shuffle, setting
 
 log = logging.getLogger(__name__)
 # ingest's cached frames are as big as its input: on disk they cannot run the heap out, as the
@@ -59,8 +59,8 @@ def ingest(ctx: Context, source: str, paths: list[str], incremental: bool = Fals
             counts = {r["ok"]: r["n"] for r in typed.groupBy(F.col("reason").isNull().alias("ok"))
                       .agg(F.count(F.lit(1)).alias("n")).collect()}
             rows = counts.get(True, 0) + counts.get(False, 0)
-            run.details["shuffle_partitions"] = partitions_for(rows, ctx.config.spark)
-            with scaled_shuffle(ctx.spark, rows, ctx.config.spark):
+            with scaled_shuffle(ctx.spark, rows, ctx.config.spark) as partitions:
+                run.details["shuffle_partitions"] = partitions
                 collapsed = ingest_lib.collapse_duplicates(typed.where(F.col("reason").isNull()).drop("raw"))
                 collapsed = collapsed.persist(INPUT_SIZED)
                 # read by changed_users, events and (incrementally) rejects: URL parts are computed once
@@ -164,8 +164,8 @@ def sessionize(ctx: Context, incremental: bool = False) -> dict:
             run.details["users_recomputed"] = changed.count()
         try:
             run.rows_in = events.count()
-            run.details["shuffle_partitions"] = partitions_for(run.rows_in, ctx.config.spark)
-            with scaled_shuffle(ctx.spark, run.rows_in, ctx.config.spark):
+            with scaled_shuffle(ctx.spark, run.rows_in, ctx.config.spark) as partitions:
+                run.details["shuffle_partitions"] = partitions
                 sessions = sessionize_events(events, conf)
                 if changed is not None:
                     kept = ctx.lake.read("sessions").join(changed, "user_id", "left_anti")
