@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import types as T
 from sklearn.metrics import adjusted_rand_score
 
-from beha2vec.cluster import assignments, choose, selected_model, small_threshold, stability, sweep, validate
+from beha2vec.cluster import (
+    assignments,
+    best_of_restarts,
+    choose,
+    estimator,
+    restart_seeds,
+    selected_model,
+    small_threshold,
+    stability,
+    sweep,
+    validate,
+)
 from beha2vec.config import ClusterConfig, ConfigError
 from beha2vec.evaluate import persona_recovery
 
@@ -145,3 +158,22 @@ def test_sweep_on_a_sample_scores_the_chosen_fit_on_every_user(spark):
     assert again["n_users"].tolist() == scores["n_users"].tolist()  # the sample is seeded, not random
     with pytest.raises(ConfigError, match="cluster.sweep_users"):
         validate(ClusterConfig(sweep_users=-1))
+
+
+def test_restarts_keep_the_lowest_cost_of_their_initialisations(spark):
+    from pyspark.ml.functions import array_to_vector
+
+    assert restart_seeds(7, 1) == [7]
+    seeds = restart_seeds(7, 3)
+    assert seeds[0] == 7 and len(set(seeds)) == 3 and min(seeds[1:]) >= 2**32
+    rows, _ = blobs()
+    data = spark.createDataFrame(rows, VECTORS).select("user_id", array_to_vector("vector").alias("features"))
+    for algorithm in ("kmeans", "bisecting"):
+        conf = ClusterConfig(n_init=3, max_iter=5, init_mode="random")
+        costs = [estimator(algorithm, 6, s, conf).fit(data).summary.trainingCost for s in seeds]
+        best = best_of_restarts(data, algorithm, 6, 7, conf)
+        assert best.summary.trainingCost == min(costs), algorithm
+        plain = best_of_restarts(data, algorithm, 6, 7, replace(conf, n_init=1))
+        assert plain.summary.trainingCost == costs[0], algorithm
+    with pytest.raises(ConfigError, match="n_init"):
+        validate(ClusterConfig(n_init=0))

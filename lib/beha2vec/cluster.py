@@ -1,10 +1,11 @@
 """Cluster users: a k sweep with Spark MLlib, k chosen by silhouette among stable solutions.
 
 For every model and algorithm (``KMeans``, ``BisectingKMeans``), every k in ``k_min..k_max`` is
-fitted once per seed. Each fit is scored by MLlib's ``ClusteringEvaluator`` (silhouette with
-squared euclidean distance, computed in one pass from cluster sums, so it scales to any number of
-users). The stability of a k is the mean adjusted Rand index between the seeds' assignments of a
-fixed sample of users: a k whose clusters change with the seed describes noise, not segments.
+fitted once per seed, keeping the lowest-cost of ``n_init`` initialisations. Each fit is scored
+by MLlib's ``ClusteringEvaluator`` (silhouette with squared euclidean distance, computed in one pass
+from cluster sums, so it scales to any number of users). The stability of a k is the mean adjusted
+Rand index between the seeds' assignments of a fixed sample of users: a k whose clusters change
+with the seed describes noise, not segments.
 
 The rule for k (stated once, in :func:`choose`): among the k whose stability is at least
 ``min_stability``, the one with the highest mean silhouette over seeds; when no k is that stable,
@@ -84,7 +85,8 @@ def validate(conf: ClusterConfig) -> None:
          f"cluster.seeds must be distinct and non-empty, got {conf.seeds}"),
         (conf.init_mode in ("k-means||", "random"), f"cluster.init_mode must be k-means|| or random, "
                                                     f"got {conf.init_mode}"),
-        (conf.max_iter >= 1 and conf.parallel_fits >= 1, "cluster.max_iter and parallel_fits must be >= 1"),
+        (conf.max_iter >= 1 and conf.parallel_fits >= 1 and conf.n_init >= 1,
+         "cluster.max_iter, parallel_fits and n_init must be >= 1"),
         (0 <= conf.min_stability <= 1, f"cluster.min_stability must be in [0, 1], got {conf.min_stability}"),
         (0 <= conf.min_share < 1, f"cluster.min_share must be in [0, 1), got {conf.min_share}"),
         (conf.sweep_users >= 0, f"cluster.sweep_users must be >= 0 (0: every user), got {conf.sweep_users}"),
@@ -102,11 +104,27 @@ def estimator(algorithm: str, k: int, seed: int, conf: ClusterConfig):
     return BisectingKMeans(k=k, seed=seed, maxIter=conf.max_iter, minDivisibleClusterSize=1.0)
 
 
+def restart_seeds(seed: int, n_init: int) -> list[int]:
+    """The seeds of one (k, seed)'s initialisations: ``seed`` itself first, so ``n_init`` 1 is the
+    plain fit, then ``seed + i·2³²``, which no other 32-bit seed of the sweep can equal."""
+    return [seed + i * 2**32 for i in range(n_init)]
+
+
+def best_of_restarts(data: DataFrame, algorithm: str, k: int, seed: int, conf: ClusterConfig):
+    """The lowest-cost model of ``n_init`` initialisations, as scikit-learn's ``n_init`` keeps.
+
+    MLlib's seeds reach worse local optima, and disagree more with each other, than
+    scikit-learn's k-means++ (docs/benchmarks.md, clustering); keeping the best of several
+    initialisations per (k, seed) is what closes that gap, at ``n_init`` times the fits."""
+    models = [estimator(algorithm, k, s, conf).fit(data) for s in restart_seeds(seed, conf.n_init)]
+    return min(models, key=lambda m: m.summary.trainingCost)
+
+
 def fit_one(data: DataFrame, sample: DataFrame, algorithm: str, k: int, seed: int,
             conf: ClusterConfig) -> Fit:
     """Fit, score by silhouette, and label the stability sample (rows ordered by ``user_id``)."""
     started = time.perf_counter()
-    fitted = estimator(algorithm, k, seed, conf).fit(data)
+    fitted = best_of_restarts(data, algorithm, k, seed, conf)
     summary = fitted.summary
     silhouette = ClusteringEvaluator().evaluate(summary.predictions)
     labels = fitted.transform(sample).select("user_id", "prediction").toPandas()

@@ -218,6 +218,7 @@ class ClusterConfig:
     tol: float = 1e-4
     init_mode: str = "k-means||"
     init_steps: int = 2
+    n_init: int = 3
     parallel_fits: int = 4
     min_stability: float = 0.6
     stability_sample: int = 20_000
