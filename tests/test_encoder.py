@@ -15,7 +15,15 @@ import torch
 from beha2vec.config import Config, ConfigError
 from beha2vec.encoder import driver, registry
 from beha2vec.encoder.model import ModelSpec, SessionEncoder
-from beha2vec.encoder.tokens import Tokenizer, encode_sessions, keep_positions, learn_vocab, stable_hash
+from beha2vec.encoder.tokens import (
+    Encoded,
+    Tokenizer,
+    encode_sessions,
+    keep_positions,
+    learn_vocab,
+    stable_hash,
+    token_idf,
+)
 from beha2vec.encoder.train import check, embed, epoch_batches, info_nce, triplet_semihard
 
 SITES = [f"site{i}.com" for i in range(40)]
@@ -94,18 +102,33 @@ def test_time_features_follow_the_configured_time_zone():
     assert utc[0, 1] == 0.0  # no gap before a session's first visit
 
 
+def test_token_idf_is_scikit_learns_smoothed_idf_over_sessions():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    docs = [[3, 3, 5], [3, 7], [3, 5, 5, 5], [2]]
+    encoded = Encoded(np.array([[t] for d in docs for t in d]), *[np.zeros(0)] * 3,
+                      offsets=np.cumsum([0] + [len(d) for d in docs]))
+    idf = token_idf(encoded, 9)
+    reference = TfidfVectorizer(analyzer=lambda d: [str(t) for t in d]).fit(docs)
+    for token, column in reference.vocabulary_.items():
+        assert idf[int(token)] == pytest.approx(reference.idf_[column], rel=1e-6)
+    assert idf[8] == pytest.approx(np.log(5) + 1) and idf[8] > idf[7] > idf[5] > idf[3]  # unseen weighs most
+
+
 # --- model --------------------------------------------------------------------------------------
 
 
 def _model(**kw) -> SessionEncoder:
     torch.manual_seed(0)
-    return SessionEncoder(ModelSpec(n_tokens=1 + 64, dim=32, heads=4, ff_dim=64, out_dim=16, **kw)).eval()
+    spec = ModelSpec(n_tokens=1 + 64, dim=32, heads=4, ff_dim=64, out_dim=16, **kw)
+    return SessionEncoder(spec, torch.linspace(1.0, 5.0, 65) if spec.weight_bag else None).eval()
 
 
-def test_padding_changes_nothing():
+@pytest.mark.parametrize("bag", [0.0, 0.4])
+def test_padding_changes_nothing(bag):
     frame = sessions_frame(3, 2)
     sessions = encode_sessions(frame, Tokenizer(64))
-    model = _model()
+    model = _model(weight_bag=bag)
     lengths = sessions.lengths()
     short = int(np.argmin(lengths))
     alone = embed(model, sessions, 1, torch.device("cpu"))[short]
@@ -127,9 +150,10 @@ def test_changing_a_stream_weight_changes_the_vectors():
     same = embed(_model(), sessions, 8, torch.device("cpu"))
     heavier_theme = embed(_model(weight_theme=0.6), sessions, 8, torch.device("cpu"))
     no_type = embed(_model(weight_type=0.0), sessions, 8, torch.device("cpu"))
+    with_bag = embed(_model(weight_bag=0.4), sessions, 8, torch.device("cpu"))
     np.testing.assert_array_equal(base, same)
-    assert np.abs(base - heavier_theme).max() > 1e-3
-    assert np.abs(base - no_type).max() > 1e-3
+    for other in (heavier_theme, no_type, with_bag):
+        assert np.abs(base - other).max() > 1e-3
 
 
 def test_theme_and_type_labels_reach_the_model_as_token_ids_rules_or_zero_shot():

@@ -185,7 +185,8 @@ class EncoderConfig:
     device: str = "auto"
     torch_threads: int = 1
     inference_batch_size: int = 256
-    weights: dict[str, float] = field(default_factory=lambda: {"url": 0.5, "theme": 0.3, "type": 0.2})
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"url": 0.5, "theme": 0.3, "type": 0.2, "bag": 0.5})
     enrich: EnrichConfig = field(default_factory=EnrichConfig)
 
 

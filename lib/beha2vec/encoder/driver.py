@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from beha2vec.config import Config, EnrichConfig
 from beha2vec.encoder import registry
 from beha2vec.encoder.apply import session_inputs
-from beha2vec.encoder.model import ModelSpec
+from beha2vec.encoder.model import STREAMS, ModelSpec
 from beha2vec.encoder.tokens import Tokenizer, encode_sessions, learn_vocab, stable_hash
 from beha2vec.encoder.train import Split, check, fit
 from beha2vec.splits import session_parts
@@ -90,9 +90,10 @@ def prepare(frame: pd.DataFrame, config: Config, tokenizer: Tokenizer | None = N
 
     categories = load_categories(config.features.categories_file)
     labeller = make_labeller(conf.enrich, categories)
-    weights = {"url": 0.0, "theme": 0.0, "type": 0.0} | conf.weights
+    weights = dict.fromkeys(STREAMS, 0.0) | conf.weights
     spec = ModelSpec(tokenizer.n_tokens, conf.dim, conf.layers, conf.heads, conf.ff_dim, conf.dropout,
-                     conf.out_dim, conf.max_visits, weights["url"], weights["theme"], weights["type"])
+                     conf.out_dim, conf.max_visits, weights["url"], weights["theme"], weights["type"],
+                     weights["bag"])
     return Prepared(
         tokenizer, spec, categories,
         Split(encode_sessions(train, tokenizer, labeller), train["user_id"].to_numpy()),

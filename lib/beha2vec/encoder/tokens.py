@@ -133,6 +133,16 @@ class Encoded:
         return out
 
 
+def token_idf(encoded: Encoded, n_tokens: int) -> np.ndarray:
+    """Smoothed IDF of each unit token over the sessions of ``encoded`` (scikit-learn's formula,
+    ``ln((1 + n) / (1 + df)) + 1``), so units never seen in training weigh the most."""
+    n = len(encoded)
+    session = np.repeat(np.arange(n), encoded.lengths())
+    pairs = np.unique(np.stack([session, encoded.tokens[:, 0]]), axis=1)
+    df = np.bincount(pairs[1], minlength=n_tokens)
+    return (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)
+
+
 def time_features(visit_ts: np.ndarray, dwell: np.ndarray, first: np.ndarray, timezone: str) -> np.ndarray:
     """Six numbers per visit from flat arrays: log dwell, log gap, hour and weekday on the circle.
 

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from beha2vec.config import ConfigError, EncoderConfig, EvaluateConfig
-from beha2vec.encoder.model import ModelSpec, SessionEncoder
-from beha2vec.encoder.tokens import Encoded
+from beha2vec.encoder.model import STREAMS, ModelSpec, SessionEncoder
+from beha2vec.encoder.tokens import Encoded, token_idf
 from beha2vec.evaluate import centroid_retrieval, identification, silhouette
 
 LOSSES = ("triplet", "infonce")
@@ -45,9 +45,8 @@ def check(conf: EncoderConfig) -> None:
         (conf.hash_buckets >= 1, "encoder.hash_buckets must be at least 1"),
         (min(conf.max_visits, conf.epochs, conf.patience, conf.num_processes) >= 1,
          "encoder.max_visits, encoder.epochs, encoder.patience and encoder.num_processes must be at least 1"),
-        (all(k in ("url", "theme", "type") and v >= 0 for k, v in conf.weights.items())
-         and conf.weights.get("url", 0) > 0,
-         f"encoder.weights takes url (> 0), theme and type (>= 0), got {conf.weights}"),
+        (all(k in STREAMS and v >= 0 for k, v in conf.weights.items()) and conf.weights.get("url", 0) > 0,
+         f"encoder.weights takes url (> 0), theme, type and bag (>= 0), got {conf.weights}"),
     ]
     for ok, message in problems:
         if not ok:
@@ -210,7 +209,8 @@ def fit(spec: ModelSpec, train: Split, validation: Split, conf: EncoderConfig, e
     if conf.torch_threads:
         torch.set_num_threads(conf.torch_threads)
     torch.manual_seed(conf.seed)
-    model = SessionEncoder(spec).to(device)
+    idf = torch.from_numpy(token_idf(train.sessions, spec.n_tokens)) if spec.weight_bag else None
+    model = SessionEncoder(spec, idf).to(device)
     optimizers = make_optimizers(model, conf)
     state, best_weights = TrainState(), None
     checkpoint = Path(run_dir) / CHECKPOINT
