@@ -156,6 +156,25 @@ def test_changing_a_stream_weight_changes_the_vectors():
         assert np.abs(base - other).max() > 1e-3
 
 
+@pytest.mark.parametrize("bag", [0.0, 0.4])
+def test_a_saved_model_loads_with_its_idf_and_one_saved_before_the_bag_stream_still_loads(tmp_path, bag):
+    from beha2vec.config import EnrichConfig
+
+    sessions = encode_sessions(sessions_frame(2, 2), Tokenizer(64))
+    model = _model(weight_bag=bag)
+    spec = model.spec.to_dict()
+    if not bag:
+        del spec["weight_bag"]  # as config.json was written before the stream existed
+    registry.save_config(tmp_path, model.spec, Tokenizer(64), EnrichConfig(), {})
+    config = json.loads((tmp_path / "config.json").read_text()) | {"spec": spec}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    registry.save_model(tmp_path, model.state_dict(), {})
+    loaded, _, _ = registry.load(tmp_path)
+    assert loaded.spec.weight_bag == bag and ("idf" in loaded.state_dict()) == bool(bag)
+    np.testing.assert_array_equal(embed(loaded, sessions, 8, torch.device("cpu")),
+                                  embed(model, sessions, 8, torch.device("cpu")))
+
+
 def test_theme_and_type_labels_reach_the_model_as_token_ids_rules_or_zero_shot():
     frame = sessions_frame(6, 2, validation_users=2).assign(
         domains=lambda f: [["espn.com", "bbc.co.uk", "amazon.com"][: 1 + i % 3] for i in range(len(f))],
