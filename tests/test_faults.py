@@ -85,17 +85,20 @@ def context(spark, root: Path) -> Context:
     return ctx
 
 
-def live_members(pgid: int) -> list[int]:
-    """Processes of a process group that are not zombies (a zombie cannot write any more)."""
-    pids = []
+def live_members(pgid: int) -> dict[int, str]:
+    """Processes of a process group that are not zombies (a zombie cannot write any more), with
+    their command names from the same read: a short-lived worker may exit right after it is listed."""
+    found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            text = stat.read_text()
         except OSError:
             continue
+        name, rest = text[text.index("(") + 1:].rsplit(")", 1)
+        fields = rest.split()
         if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(stat.parent.name))
-    return pids
+            found[int(stat.parent.name)] = name
+    return found
 
 
 def kill_during_write(lake: Path, table: str, args: list[str], cwd: Path, timeout: float = 300,
@@ -117,7 +120,7 @@ def kill_during_write(lake: Path, table: str, args: list[str], cwd: Path, timeou
             assert time.monotonic() < deadline, f"no new {table} files after {timeout} s"
             time.sleep(0.02)
         if jvm_only:
-            java = [p for p in live_members(proc.pid) if Path(f"/proc/{p}/comm").read_text() == "java\n"]
+            java = [p for p, name in live_members(proc.pid).items() if name == "java"]
             assert len(java) == 1, f"expected one JVM in the process group, found {java}"
             os.kill(java[0], signal.SIGKILL)
             return proc.wait(timeout=120)
