@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 import torch
 from pyspark.sql import functions as F
-from scipy import sparse
 from sklearn.preprocessing import normalize
 
 from beha2vec import evaluate as ev
@@ -37,24 +36,15 @@ from beha2vec.encoder import driver
 from beha2vec.encoder.apply import session_inputs
 from beha2vec.encoder.model import SessionEncoder
 from beha2vec.encoder.tokens import encode_sessions
-from beha2vec.encoder.train import embed, fit
-
-METRICS = ("silhouette_cosine", "id_accuracy", "recall_at_1", "recall_at_5", "persona_purity")
+from beha2vec.encoder.train import embed, fit, validation_metrics
 
 
 def scores(X, users: np.ndarray, personas: np.ndarray | None, conf) -> dict[str, float]:
-    """The metrics ``evaluate`` records, computed by its own functions on one model's vectors."""
-    accuracy, _ = ev.identification(X, users, conf.seed, conf.test_fraction, quiet=True)
-    recall = ev.centroid_retrieval(X, users, conf.seed, conf.test_fraction, (1, 5))
-    out = {"silhouette_cosine": ev.silhouette(X, users, "cosine"), "id_accuracy": accuracy,
-           "recall_at_1": recall[1], "recall_at_5": recall[5]}
+    """The metrics ``evaluate`` records (as the encoder's validation computes them), and persona purity."""
+    out = validation_metrics(X, users, conf)
     if personas is not None:
         out["persona_purity"] = ev.neighbour_purity(X, personas, conf.neighbours)
     return out
-
-
-def dense(m) -> np.ndarray:
-    return m.toarray() if sparse.issparse(m) else np.asarray(m)
 
 
 def minilm_vectors(sample, ids: pd.DataFrame, conf) -> np.ndarray:
@@ -73,10 +63,19 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [s.strip() for s in settings.split(";") if s.strip()]
 
 
-def train_variant(ctx: Context, overrides: list[str], args, test: pd.DataFrame) -> tuple[np.ndarray, dict]:
-    """Fit one variant on the stage's train/validation users; its vectors of the ``test`` sessions."""
+def train_variant(ctx: Context, overrides: list[str], args, test: pd.DataFrame,
+                  collected: dict[tuple, pd.DataFrame]) -> tuple[np.ndarray, dict]:
+    """Fit one variant on the stage's train/validation users; its vectors of the ``test`` sessions.
+
+    ``collected`` keeps the training sessions per setting that chooses them, so variants that only
+    change the model or the training share one collect (hundreds of thousands of rows on msnbc).
+    """
     config = load_config(args.conf, [*args.set, *overrides], str(args.lake))
-    frame = driver.training_sessions(ctx.lake.read("sessions"), config).toPandas()
+    conf = config.encoder
+    key = (conf.include_bots, conf.max_sessions_per_user, conf.seed, conf.validation_fraction)
+    if key not in collected:
+        collected[key] = driver.training_sessions(ctx.lake.read("sessions"), config).toPandas()
+    frame = collected[key]
     prepared = driver.prepare(frame, config)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as run_dir:
@@ -129,13 +128,14 @@ def main() -> None:
             .set_index("session_id").loc[ids["session_id"]].reset_index())
 
     results = [{"variant": m, **scores(X, users, personas, conf)} for m, X in others.items()]
+    collected: dict[tuple, pd.DataFrame] = {}
     for text in args.variant:
         name, overrides = parse_variant(text)
-        vectors, info = train_variant(ctx, overrides, args, test)
+        vectors, info = train_variant(ctx, overrides, args, test, collected)
         results.append({"variant": name, **scores(vectors, users, personas, conf), **info})
         for other in args.blend:
             w = args.blend_weight
-            partner = dense(normalize(others[f"(lake) {other}"]))
+            partner = ev.dense(normalize(others[f"(lake) {other}"]))
             blended = np.hstack([(1 - w) * normalize(vectors), w * partner])
             results.append({"variant": f"{name} + {w:g}·{other}", **scores(blended, users, personas, conf)})
         print(pd.DataFrame(results[-1 - len(args.blend):]).round(3).to_string(index=False), flush=True)

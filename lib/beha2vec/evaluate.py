@@ -149,7 +149,7 @@ def vectors(rows: pd.DataFrame, model: str) -> Matrix:
     return matrix
 
 
-def _dense(m: Any) -> np.ndarray:
+def dense(m: Any) -> np.ndarray:
     return m.toarray() if sparse.issparse(m) else np.asarray(m)
 
 
@@ -209,7 +209,7 @@ def centroid_retrieval(X: Matrix, labels: Sequence | np.ndarray, seed: int, test
         shape=(len(users), len(train_rows)),
     )
     centroids = normalize(membership @ unit[train_rows])
-    sims = _dense(unit[test_rows] @ centroids.T)
+    sims = dense(unit[test_rows] @ centroids.T)
     own = sims[np.arange(len(test_rows)), y[test_rows]]
     rank = (sims >= own[:, None]).sum(axis=1) - 1
     return {k: float(np.mean(rank < k)) for k in ks}
@@ -226,7 +226,7 @@ def neighbour_purity(X: Matrix, personas: Sequence | np.ndarray, k: int) -> floa
     shares = []
     for start in range(0, n, NEIGHBOUR_BLOCK):
         stop = min(start + NEIGHBOUR_BLOCK, n)
-        sims = _dense(unit[start:stop] @ unit.T)
+        sims = dense(unit[start:stop] @ unit.T)
         sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
         nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         shares.append((group[nearest] == group[start:stop, None]).mean(axis=1))
