@@ -128,8 +128,8 @@ def summary(runs: list[dict]) -> dict:
             "peak_rss_gib": max(r["peak_rss_gib"] + r.get("workers_peak_rss_gib", 0) for r in runs),
             "load_after": max(r["load_after"] for r in runs),
             "stages": {s: statistics.median(r["stages"].get(s, 0.0) for r in runs) for s in stages},
-            "stage_peak_rss_gib": {s: max(r.get("stage_peak_rss_gib", {}).get(s, 0.0) for r in runs)
-                                   for s in stages}}
+            "stage_peak_rss_gib": {s: max(r["stage_peak_rss_gib"].get(s, 0.0) for r in runs)
+                                   for s in stages if all("stage_peak_rss_gib" in r for r in runs)}}
 
 
 def report(results: dict) -> str:
@@ -138,7 +138,7 @@ def report(results: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     stage_rows, peak_rows = [], []
     for size in results["sizes"]:
-        modes = size["modes"]
+        modes = {mode: summary(runs) for mode, runs in size["runs"].items()}
         for mode, s in modes.items():
             label = f"{mode}, from {size['from']}" if size.get("from") else mode
             table.append(f"| {size['data']['events']:,} | {size.get('sessions', 0):,} | {label} | "
@@ -146,6 +146,8 @@ def report(results: dict) -> str:
                          f"{s['peak_rss_gib']:.2f} | {s['load_after']} |")
             for rows, key in ((stage_rows, "stages"), (peak_rows, "stage_peak_rss_gib")):
                 values = s.get(key, {})
+                if not values:
+                    continue
                 rows.append(f"| {size['data']['events']:,} | {label} | "
                             + " | ".join(f"{values[st]:.1f}" if st in values else "–" for st in STAGE_ORDER)
                             + " |")
