@@ -123,13 +123,14 @@ def standalone_run(data: dict, lake: Path, log: Path, settings: list[str], clust
 
 def summary(runs: list[dict]) -> dict:
     stages = sorted({s for r in runs for s in r["stages"]}, key=STAGE_ORDER.index)
+    sampled = all("stage_peak_rss_gib" in r for r in runs)  # standalone runs sample the whole trees only
     return {"runs": len(runs), "seconds": statistics.median(r["seconds"] for r in runs),
             "cpu_seconds": statistics.median(r.get("total_cpu_seconds", r["cpu_seconds"]) for r in runs),
             "peak_rss_gib": max(r["peak_rss_gib"] + r.get("workers_peak_rss_gib", 0) for r in runs),
             "load_after": max(r["load_after"] for r in runs),
             "stages": {s: statistics.median(r["stages"].get(s, 0.0) for r in runs) for s in stages},
             "stage_peak_rss_gib": {s: max(r["stage_peak_rss_gib"].get(s, 0.0) for r in runs)
-                                   for s in stages if all("stage_peak_rss_gib" in r for r in runs)}}
+                                   for s in stages if sampled}}
 
 
 def report(results: dict) -> str:
@@ -156,8 +157,10 @@ def report(results: dict) -> str:
                          f"{modes['standalone']['seconds'] / modes['local']['seconds']:.2f}")
     head = "| events | mode | " + " | ".join(STAGE_ORDER) + " |"
     rule = "|" + "---|" * (len(STAGE_ORDER) + 2)
-    return "\n".join([*lines, "", *table, "", "seconds per stage (medians):", head, rule, *stage_rows,
-                      "", "peak GiB per stage (driver process tree, local runs):", head, rule, *peak_rows])
+    out = [*lines, "", *table, "", "seconds per stage (medians):", head, rule, *stage_rows]
+    if peak_rows:
+        out += ["", "peak GiB per stage (driver process tree, local runs):", head, rule, *peak_rows]
+    return "\n".join(out)
 
 
 def sessions_of(lake: Path) -> int:
@@ -237,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[mode].append(result)
                 print(f"  {mode} run {i + 1}: {result['seconds']:.1f} s {result['stages']}", flush=True)
         results["sizes"].append({"target": target, "data": data, "sessions": sessions, "from": args.first,
-                                 "modes": {m: summary(r) for m, r in runs.items()}, "runs": runs})
+                                 "runs": runs})
         results["sizes"].sort(key=lambda s: s["data"]["events"])
         path.write_text(json.dumps(results, indent=1, default=str))
     print("\n" + report(results))
