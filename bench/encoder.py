@@ -13,10 +13,8 @@ sessionize (cached under ``bench/out/encoder``, lake included, so reruns skip th
 * Through Spark (``local[2]``, the cached ``sessions`` table): ``encoder.apply.embed_sessions``, the
   ``beha2vec embed --model encoder`` path, against MiniLM through the project's path
   (``embed_texts_st`` over ``distinct_texts``, joined back to sessions), each written to Spark's
-  ``noop`` sink, with the embed stage's settings; and MiniLM once more with its texts spread over
-  every task slot, as ``bench/embed.py`` runs it (adaptive execution may coalesce the stage's
-  shuffle into fewer tasks). A run in which a Python worker new to the session took part loaded
-  torch and the model inside the timing, so it is kept apart and run again.
+  ``noop`` sink, with the embed stage's settings. A run in which a Python worker new to the session
+  took part loaded torch and the model inside the timing, so it is kept apart and run again.
 * FLOPs per sequence counted by torch's ``FlopCounterMode`` per visit count present (in training
   mode: the eval fast path of ``TransformerEncoderLayer`` is one fused op the counter misses),
   cross-checked with a formula, against the practical peak (``bench/embed.py``'s fp32 matmul).
@@ -378,10 +376,9 @@ def summarise(r: dict) -> dict:
          "encode": median_of(every_infer, "encode_s", n),
          "encode_no_labels": median_of(every_infer, "encode_no_labels_s", n),
          "spark_encoder": median_of(runs["spark_encoder"], "seconds", n),
-         "spark_minilm": median_of(runs["spark_minilm"], "seconds", n),
-         "spark_minilm_spread": median_of(runs["spark_minilm_spread"], "seconds", n), "ratios": {}}
-    for path in ("spark_minilm", "spark_minilm_spread"):
-        s["ratios"][f"spark_encoder_vs_{path}"] = round(s["spark_encoder"]["per_s"] / s[path]["per_s"], 2)
+         "spark_minilm": median_of(runs["spark_minilm"], "seconds", n), "ratios": {}}
+    s["ratios"]["spark_encoder_vs_spark_minilm"] = round(
+        s["spark_encoder"]["per_s"] / s["spark_minilm"]["per_s"], 2)
     for threads, train in runs["train"].items():
         infer = runs["infer"][threads]
         s[f"train_steps_{threads}t"] = median_of(train, "seconds", t0["sequences"])
@@ -434,8 +431,6 @@ def markdown(r: dict, argv: list[str]) -> str:
         r["spark_device"], n)
     row(f"Spark: MiniLM (`embed_texts_st` + `join_back`), {tasks['spark_minilm']} task(s)", "spark_minilm",
         r["spark_device"], n)
-    row(f"Spark: MiniLM, texts repartitioned to {tasks['spark_minilm_spread']} (not the stage's path)",
-        "spark_minilm_spread", r["spark_device"], n)
     ratio = s["ratios"]
     cold = [x["seconds"] for x in r["spark_cold"]]
     lines = [
@@ -454,11 +449,9 @@ def markdown(r: dict, argv: list[str]) -> str:
         "", *table, "",
         f"- **Spark: encoder / MiniLM = {ratio['spark_encoder_vs_spark_minilm']}x** sequences/s on the same "
         f"sessions ({s['spark_encoder']['per_cpu_s']} against {s['spark_minilm']['per_cpu_s']} sessions "
-        "per CPU second, JVM and workers included); "
-        f"{ratio['spark_encoder_vs_spark_minilm_spread']}x against MiniLM with its texts spread over "
-        f"{tasks['spark_minilm_spread']} tasks. The UDFs run in as many tasks as their input has "
-        "partitions: the encoder's, the `sessions` table's files; MiniLM's, the shuffle of `distinct_texts` "
-        "after adaptive execution coalesced it. All with the embed stage's settings: 2 Python "
+        "per CPU second, JVM and workers included). The UDFs run in as many tasks as their input has "
+        "partitions: the encoder's, the `sessions` table's files (dealt over the cores when fewer); "
+        "MiniLM's, `over_every_core`'s. All with the embed stage's settings: 2 Python "
         f"workers x 1 torch thread, Arrow batches of {c['arrow_batch_size']}, MiniLM batch "
         f"{c['minilm_batch_size']}, encoder batch {c['inference_batch_size']}.",
         "- Direct (one process) / Spark UDF for the encoder: " + ", ".join(
@@ -531,8 +524,6 @@ def main(argv: list[str] | None = None) -> int:
                "spark_device": f"cuda ({gpu})" if on_gpu else "cpu (local[2], 2 workers x 1 thread)"}
     print(f"machine {r['machine']}, gpu {gpu}, load {r['load_start']}", flush=True)
 
-    from pyspark.sql import functions as F
-
     from beha2vec import embed as embed_lib
     from beha2vec.config import load_config
     from beha2vec.encoder import driver
@@ -559,30 +550,26 @@ def main(argv: list[str] | None = None) -> int:
 
     shutil.rmtree(REGISTRY, ignore_errors=True)
     r["runs"] = {"train": {x: [] for x in args.threads}, "infer": {x: [] for x in args.threads},
-                 "spark_encoder": [], "spark_minilm": [], "spark_minilm_spread": []}
+                 "spark_encoder": [], "spark_minilm": []}
     for _ in range(args.repeats):
         for threads in args.threads:
             r["runs"]["train"][threads].append(in_subprocess("train", args, threads))
             print(f"  train, {threads} threads: {r['runs']['train'][threads][-1]}", flush=True)
     model_path = str(max(REGISTRY.glob("v*"), key=lambda p: int(p.name[1:])))
-    slots = spark.sparkContext.defaultParallelism
-    after_aqe = embed_lib.distinct_texts(sessions).select(F.spark_partition_id()).distinct().count()
-    r["tasks"] = {"spark_encoder": sessions.rdd.getNumPartitions(), "spark_minilm": after_aqe,
-                  "spark_minilm_spread": slots}
+    texts = embed_lib.over_every_core(embed_lib.distinct_texts(sessions))
+    cores = spark.sparkContext.defaultParallelism
+    r["tasks"] = {"spark_encoder": max(sessions.rdd.getNumPartitions(), cores),
+                  "spark_minilm": texts.rdd.getNumPartitions()}
 
     def encoder_rows(frame):
         return embed_sessions(frame, model_path, "encoder:bench", args.device, enc.torch_threads or 1,
                               args.batch_size)
 
-    def minilm_rows(frame, partitions: int = 0):
-        texts = embed_lib.distinct_texts(frame)
-        texts = texts.repartition(partitions) if partitions else texts
-        vectors = embed_lib.embed_texts_st("minilm", texts, emb).drop("worker_pid", "worker_loads")
-        return embed_lib.join_back(frame, vectors, "minilm")
+    def minilm_rows(frame):
+        vectors = embed_lib.embed_texts_st("minilm", embed_lib.distinct_texts(frame), emb)
+        return embed_lib.join_back(frame, vectors.drop("worker_pid", "worker_loads"), "minilm")
 
-    # MiniLM in fewer tasks than slots last: the idle worker may be ended (after a minute) during it
-    paths = {"spark_encoder": encoder_rows, "spark_minilm_spread": lambda frame: minilm_rows(frame, slots),
-             "spark_minilm": minilm_rows}
+    paths = {"spark_encoder": encoder_rows, "spark_minilm": minilm_rows}
     seen = {}
     for path, rows_of in paths.items():  # warm-up on a sample: each worker loads torch and a model
         print(f"  warm-up {path}: {spark_run(rows_of(sessions.sample(0.05, seed=1)))}", flush=True)

@@ -44,6 +44,7 @@ def test_minilm_udf_loads_once_per_worker_dedups_and_matches_direct_encode(sessi
     ctx.config.embed.arrow_batch_size = 1  # many batches per task: the model must still load once
     (report,) = stages.embed(ctx, ["minilm"])
     assert report["distinct_texts"] == 3 and report["rows_out"] == 6
+    assert report["tasks"] == ctx.spark.sparkContext.defaultParallelism == 2  # not coalesced into one
     assert set(report["model_loads_per_worker"].values()) == {1}
     rows = ctx.lake.read("session_embeddings").join(ctx.lake.read("sessions"), ["session_id", "user_id"])
     got = {r.sequence_text: np.array(r.embedding) for r in rows.collect()}

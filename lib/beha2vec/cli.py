@@ -259,7 +259,8 @@ def _embed(ctx: Context, args: argparse.Namespace) -> None:
     from beha2vec import stages
 
     for report in stages.embed(ctx, getattr(args, "models", None), args.incremental):
-        extra = f" ({report['distinct_texts']:,} distinct texts)" if "distinct_texts" in report else ""
+        extra = f" ({report['distinct_texts']:,} distinct texts in {report['tasks']} tasks)" \
+            if "tasks" in report else ""
         if "reused" in report:
             extra += f" ({report['reused']:,} kept, {report['embedded']:,} embedded)"
         if "version" in report:

@@ -100,9 +100,21 @@ def sentence_transformer_udf(model: str, conf: EmbedConfig):
     return encode
 
 
+def over_every_core(frame: DataFrame) -> DataFrame:
+    """``frame`` dealt round-robin into as many partitions as shuffles have, and at least one per core.
+
+    A model's cost is per row, but adaptive execution sizes a shuffle's partitions by bytes (1 MB at
+    least), so the few thousand texts of a small input would run in one task with the other cores idle.
+    A repartition to a fixed number is never coalesced."""
+    spark = frame.sparkSession
+    shuffle = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    return frame.repartition(max(spark.sparkContext.defaultParallelism, shuffle))
+
+
 def embed_texts_st(model: str, texts: DataFrame, conf: EmbedConfig) -> DataFrame:
-    """``text_hash, dim, embedding, worker_pid, worker_loads`` for every distinct text."""
-    out = texts.select("text_hash", sentence_transformer_udf(model, conf)(F.col("text")).alias("o"))
+    """``text_hash, dim, embedding, worker_pid, worker_loads`` for every distinct text, on every core."""
+    encode = sentence_transformer_udf(model, conf)
+    out = over_every_core(texts).select("text_hash", encode(F.col("text")).alias("o"))
     return out.select(
         "text_hash", F.size("o.embedding").alias("dim"), F.col("o.embedding").alias("embedding"),
         F.col("o.worker_pid").alias("worker_pid"), F.col("o.worker_loads").alias("worker_loads"),
