@@ -451,7 +451,8 @@ def markdown(r: dict, argv: list[str]) -> str:
         f"sessions ({s['spark_encoder']['per_cpu_s']} against {s['spark_minilm']['per_cpu_s']} sessions "
         "per CPU second, JVM and workers included). The UDFs run in as many tasks as their input has "
         "partitions: the encoder's, the `sessions` table's files (dealt over the cores when fewer); "
-        "MiniLM's, `over_every_core`'s. All with the embed stage's settings: 2 Python "
+        "MiniLM's, `inference_partitions` of the distinct texts. All with the embed stage's settings: "
+        "2 Python "
         f"workers x 1 torch thread, Arrow batches of {c['arrow_batch_size']}, MiniLM batch "
         f"{c['minilm_batch_size']}, encoder batch {c['inference_batch_size']}.",
         "- Direct (one process) / Spark UDF for the encoder: " + ", ".join(
@@ -556,17 +557,20 @@ def main(argv: list[str] | None = None) -> int:
             r["runs"]["train"][threads].append(in_subprocess("train", args, threads))
             print(f"  train, {threads} threads: {r['runs']['train'][threads][-1]}", flush=True)
     model_path = str(max(REGISTRY.glob("v*"), key=lambda p: int(p.name[1:])))
-    texts = embed_lib.over_every_core(embed_lib.distinct_texts(sessions))
     cores = spark.sparkContext.defaultParallelism
     r["tasks"] = {"spark_encoder": max(sessions.rdd.getNumPartitions(), cores),
-                  "spark_minilm": texts.rdd.getNumPartitions()}
+                  "spark_minilm": embed_lib.inference_partitions(r["data"]["distinct_texts"], cores,
+                                                                 emb.arrow_batch_size)}
 
     def encoder_rows(frame):
         return embed_sessions(frame, model_path, "encoder:bench", args.device, enc.torch_threads or 1,
                               args.batch_size)
 
     def minilm_rows(frame):
-        vectors = embed_lib.embed_texts_st("minilm", embed_lib.distinct_texts(frame), emb)
+        """As the stage: the distinct texts counted, then dealt over the cores."""
+        texts = embed_lib.distinct_texts(frame)
+        texts = embed_lib.over_every_core(texts, texts.count(), emb.arrow_batch_size)
+        vectors = embed_lib.embed_texts_st("minilm", texts, emb)
         return embed_lib.join_back(frame, vectors.drop("worker_pid", "worker_loads"), "minilm")
 
     paths = {"spark_encoder": encoder_rows, "spark_minilm": minilm_rows}

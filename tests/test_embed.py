@@ -9,7 +9,7 @@ from test_sessionize import ev
 
 from beha2vec import stages
 from beha2vec.config import EmbedConfig, SessionizeConfig
-from beha2vec.embed import kind_of, text_prefix, visit_tokens
+from beha2vec.embed import inference_partitions, kind_of, text_prefix, visit_tokens
 from beha2vec.sessionize import sessionize
 from beha2vec.tables import EVENTS
 
@@ -39,12 +39,20 @@ def test_model_names_choose_embedders():
         == "passage: "
 
 
+def test_inference_partitions_fill_every_core_in_whole_waves_of_at_most_one_batch():
+    assert inference_partitions(1_853, cores=2, batch_rows=2_048) == 2
+    assert inference_partitions(5_000, cores=2, batch_rows=2_048) == 4  # not 3: no half-empty wave
+    assert inference_partitions(0, cores=2, batch_rows=2_048) == 2
+    assert inference_partitions(668_560, cores=100, batch_rows=2_048) == 400
+    assert all(inference_partitions(n, 2, 2_048) * 2_048 >= n for n in (1, 4_096, 4_097, 10**6))
+
+
 def test_minilm_udf_loads_once_per_worker_dedups_and_matches_direct_encode(sessions_lake):
     ctx = sessions_lake
     ctx.config.embed.arrow_batch_size = 1  # many batches per task: the model must still load once
     (report,) = stages.embed(ctx, ["minilm"])
     assert report["distinct_texts"] == 3 and report["rows_out"] == 6
-    assert report["tasks"] == ctx.spark.sparkContext.defaultParallelism == 2  # not coalesced into one
+    assert report["tasks"] == 3  # 4 partitions of one text at most (Arrow batches of 1): not coalesced
     assert set(report["model_loads_per_worker"].values()) == {1}
     rows = ctx.lake.read("session_embeddings").join(ctx.lake.read("sessions"), ["session_id", "user_id"])
     got = {r.sequence_text: np.array(r.embedding) for r in rows.collect()}

@@ -205,13 +205,17 @@ def _model_rows(ctx: Context, model: str, sessions, details: dict):
     conf = ctx.config.embed
     kind = embed_lib.kind_of(model)
     if kind == "sentence-transformers":
-        texts = embed_lib.distinct_texts(sessions)
-        with _arrow_batch(ctx.spark, conf.arrow_batch_size):
-            vectors = embed_lib.embed_texts_st(model, texts, conf).persist(StorageLevel.MEMORY_AND_DISK)
-            loads = vectors.withColumn("task", F.spark_partition_id()).groupBy("worker_pid").agg(
-                F.max("worker_loads").alias("loads"), F.count(F.lit(1)).alias("texts"),
-                F.countDistinct("task").alias("tasks")).collect()
-        details.update(distinct_texts=sum(r["texts"] for r in loads), tasks=sum(r["tasks"] for r in loads),
+        texts = embed_lib.distinct_texts(sessions).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            details["distinct_texts"] = texts.count()
+            spread = embed_lib.over_every_core(texts, details["distinct_texts"], conf.arrow_batch_size)
+            with _arrow_batch(ctx.spark, conf.arrow_batch_size):
+                vectors = embed_lib.embed_texts_st(model, spread, conf).persist(StorageLevel.MEMORY_AND_DISK)
+                loads = vectors.withColumn("task", F.spark_partition_id()).groupBy("worker_pid").agg(
+                    F.max("worker_loads").alias("loads"), F.countDistinct("task").alias("tasks")).collect()
+        finally:
+            release(texts)
+        details.update(tasks=sum(r["tasks"] for r in loads),
                        model_loads_per_worker={str(r["worker_pid"]): r["loads"] for r in loads})
         return embed_lib.join_back(sessions, vectors.drop("worker_pid", "worker_loads"), model), vectors
     if kind == "openai":
