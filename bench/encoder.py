@@ -557,21 +557,22 @@ def main(argv: list[str] | None = None) -> int:
             r["runs"]["train"][threads].append(in_subprocess("train", args, threads))
             print(f"  train, {threads} threads: {r['runs']['train'][threads][-1]}", flush=True)
     model_path = str(max(REGISTRY.glob("v*"), key=lambda p: int(p.name[1:])))
-    cores = spark.sparkContext.defaultParallelism
-    r["tasks"] = {"spark_encoder": max(sessions.rdd.getNumPartitions(), cores),
-                  "spark_minilm": embed_lib.inference_partitions(r["data"]["distinct_texts"], cores,
-                                                                 emb.arrow_batch_size)}
-
     def encoder_rows(frame):
         return embed_sessions(frame, model_path, "encoder:bench", args.device, enc.torch_threads or 1,
                               args.batch_size)
 
-    def minilm_rows(frame):
+    def minilm_texts(frame):
         """As the stage: the distinct texts counted, then dealt over the cores."""
         texts = embed_lib.distinct_texts(frame)
-        texts = embed_lib.over_every_core(texts, texts.count(), emb.arrow_batch_size)
-        vectors = embed_lib.embed_texts_st("minilm", texts, emb)
+        return embed_lib.over_every_core(texts, texts.count(), emb.arrow_batch_size)
+
+    def minilm_rows(frame):
+        vectors = embed_lib.embed_texts_st("minilm", minilm_texts(frame), emb)
         return embed_lib.join_back(frame, vectors.drop("worker_pid", "worker_loads"), "minilm")
+
+    # each UDF's tasks, read from the plans the runs execute (no shuffle follows either UDF's input)
+    r["tasks"] = {"spark_encoder": encoder_rows(sessions).rdd.getNumPartitions(),
+                  "spark_minilm": minilm_texts(sessions).rdd.getNumPartitions()}
 
     paths = {"spark_encoder": encoder_rows, "spark_minilm": minilm_rows}
     seen = {}
