@@ -499,7 +499,8 @@ def ga4_line(draw, n: int) -> tuple[bytes, str]:
     if mutation == "truncate":
         raw = raw[: draw(st.integers(1, len(raw) - 1))]
     elif mutation == "text":
-        text = draw(st.text(st.characters(exclude_characters="\n\r\ufeff"), min_size=1, max_size=60))
+        chars = st.characters(exclude_characters="\n\r\ufeff", exclude_categories=("Cs",))  # Cs: no UTF-8
+        text = draw(st.text(chars, min_size=1, max_size=60))
         raw = text.encode() if text.encode().strip() else b"?"
     return raw, outcome
 
