@@ -29,16 +29,17 @@ VECTORS = T.StructType([T.StructField("user_id", T.StringType()),
                         T.StructField("vector", T.ArrayType(T.FloatType()))])
 
 
-def test_choose_prefers_the_best_stable_k():
+def test_choose_prefers_the_best_fit_of_a_stable_k():
     scores = pd.DataFrame({
-        "k": [3, 3, 4, 4, 5, 5],
-        "seed": [1, 2, 1, 2, 1, 2],
-        "silhouette": [0.50, 0.52, 0.70, 0.66, 0.60, 0.61],
-        "stability": [0.9, 0.9, 0.3, 0.3, 0.8, 0.8],
+        "k": [3, 3, 4, 4, 5, 5, 6, 6],
+        "seed": [1, 2, 1, 2, 1, 2, 1, 2],
+        "silhouette": [0.50, 0.52, 0.70, 0.66, 0.40, 0.62, 0.58, 0.59],
+        "stability": [0.9, 0.9, 0.3, 0.3, 0.8, 0.8, 0.8, 0.8],
     })
-    assert choose(scores, 0.6) == (5, 2, True)  # k=4 has the best silhouette but is unstable
+    # k=4 has the best fit but is unstable; k=6 has the best mean, k=5 the best fit among stable k
+    assert choose(scores, 0.6) == (5, 2, True)
     assert choose(scores, 0.0) == (4, 1, True)
-    assert choose(scores, 0.95) == (4, 1, False)  # nothing stable: the best mean silhouette overall
+    assert choose(scores, 0.95) == (4, 1, False)  # nothing stable: the best fit overall
 
 
 def test_stability_is_label_permutation_invariant():

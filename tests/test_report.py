@@ -112,12 +112,12 @@ def full_report(spark, tmp_path_factory) -> Path:
 
 # -- pure functions ------------------------------------------------------------------------------
 
-def test_score_curves_mean_min_max_over_seeds():
+def test_score_curves_min_max_over_seeds():
     scores = pd.DataFrame({"model": "m", "algorithm": "kmeans", "k": [3, 3, 4],
                            "silhouette": [0.2, 0.4, np.nan]})
     curves = score_curves(scores, "silhouette")
     assert len(curves) == 1
-    assert curves.iloc[0][["k", "mean", "min", "max"]].tolist() == pytest.approx([3, 0.3, 0.2, 0.4])
+    assert curves.iloc[0][["k", "min", "max"]].tolist() == pytest.approx([3, 0.2, 0.4])
 
 
 def test_ordered_hours_numerically_and_weekdays_from_monday():

@@ -8,9 +8,11 @@ Rand index between the seeds' assignments of a fixed sample of users: a k whose 
 with the seed describes noise, not segments.
 
 The rule for k (stated once, in :func:`choose`): among the k whose stability is at least
-``min_stability``, the one with the highest mean silhouette over seeds; when no k is that stable,
-the highest mean silhouette overall (reported as such). At that k the seed with the best silhouette
-gives the users' clusters. Clusters with fewer users than ``max(min_users, min_share × users)`` are
+``min_stability``, the one whose best seed has the highest silhouette; when no k is that stable,
+the highest best-seed silhouette overall (reported as such). That seed's fit gives the users'
+clusters, so k is ranked by the clustering it would deliver: a seed stuck in a poor local optimum
+is a failed restart, not evidence against its k, and stability already measures how far the seeds
+agree. Clusters with fewer users than ``max(min_users, min_share × users)`` are
 marked ``is_small``: kept in the tables, left out of interpretation. Above ``sweep_users`` users the
 sweep runs on a seeded sample, and each algorithm's chosen fit assigns and is scored on every user
 (docs/clustering.md gives the sample silhouette's error bound).
@@ -143,7 +145,7 @@ def stability(labels: list[np.ndarray]) -> float:
 
 def choose(scores: pd.DataFrame, min_stability: float) -> tuple[int, int, bool]:
     """(k, seed, stable) by the module's rule from one algorithm's ``k, seed, silhouette, stability``."""
-    by_k = scores.groupby("k").agg(silhouette=("silhouette", "mean"), stability=("stability", "first"))
+    by_k = scores.groupby("k").agg(silhouette=("silhouette", "max"), stability=("stability", "first"))
     stable = by_k[by_k["stability"].isna() | (by_k["stability"] >= min_stability)]
     pool = stable if len(stable) else by_k
     k = int(pool["silhouette"].idxmax())

@@ -77,25 +77,27 @@ def cluster_color(cluster: int) -> str:
 
 
 def score_curves(scores: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Mean, min and max of ``metric`` over seeds, per model, algorithm and k."""
+    """Min and max of ``metric`` over seeds, per model, algorithm and k."""
     return (scores.dropna(subset=[metric]).groupby(["model", "algorithm", "k"])[metric]
-            .agg(["mean", "min", "max"]).reset_index())
+            .agg(["min", "max"]).reset_index())
 
 
 def scores_figure(scores: pd.DataFrame) -> Markup:
     """Silhouette and stability against k for one model: a line per algorithm, chosen k dashed.
 
-    The sweep's fits only: a sampled sweep's chosen fit scored on every user is in the chosen table.
+    The line is the best seed's value (what the rule for k ranks), the band every seed's. The
+    sweep's fits only: a sampled sweep's chosen fit scored on every user is in the chosen table.
     """
     scores = scores[~scores["all_users"].fillna(False).astype(bool)]
     fig = Figure(figsize=(9, 3.2))
     colors = {a: f"C{i}" for i, a in enumerate(sorted(scores["algorithm"].unique()))}
     chosen = scores[scores["chosen_k"].fillna(False).astype(bool)]
     for ax, metric, title in zip(fig.subplots(1, 2), ("silhouette", "stability"),
-                                 ("silhouette", "stability (ARI across seeds)"), strict=True):
+                                 ("silhouette (best seed; band: all seeds)",
+                                  "stability (ARI across seeds)"), strict=True):
         for algorithm, curve in score_curves(scores, metric).groupby("algorithm"):
             color = colors[algorithm]
-            ax.plot(curve["k"], curve["mean"], marker="o", color=color, label=_label(algorithm))
+            ax.plot(curve["k"], curve["max"], marker="o", color=color, label=_label(algorithm))
             ax.fill_between(curve["k"], curve["min"], curve["max"], color=color, alpha=0.2)
             for k in chosen.loc[chosen["algorithm"] == algorithm, "k"].unique():
                 ax.axvline(k, color=color, linestyle="--", linewidth=1)
