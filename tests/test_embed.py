@@ -71,6 +71,14 @@ def test_minilm_udf_loads_once_per_worker_dedups_and_matches_direct_encode(sessi
     assert run.rows_in == run.rows_out == 6
 
 
+def test_a_model_that_fails_in_its_tasks_leaves_nothing_cached(sessions_lake, tmp_path):
+    ctx = sessions_lake
+    ctx.spark.catalog.clearCache()
+    with pytest.raises(Exception, match="no-model"):  # no such folder: the workers cannot load it
+        stages.embed(ctx, [str(tmp_path / "no-model")])
+    assert ctx.spark._jsparkSession.sharedState().cacheManager().isEmpty()
+
+
 def test_tfidf_is_sparse_normalised_and_replaces_only_its_partition(sessions_lake):
     ctx = sessions_lake
     ctx.config.embed.tfidf_min_df = 1

@@ -206,6 +206,7 @@ def _model_rows(ctx: Context, model: str, sessions, details: dict):
     kind = embed_lib.kind_of(model)
     if kind == "sentence-transformers":
         texts = embed_lib.distinct_texts(sessions).persist(StorageLevel.MEMORY_AND_DISK)
+        vectors = None
         try:
             details["distinct_texts"] = texts.count()
             spread = embed_lib.over_every_core(texts, details["distinct_texts"], conf.arrow_batch_size)
@@ -213,6 +214,9 @@ def _model_rows(ctx: Context, model: str, sessions, details: dict):
                 vectors = embed_lib.embed_texts_st(model, spread, conf).persist(StorageLevel.MEMORY_AND_DISK)
                 loads = vectors.withColumn("task", F.spark_partition_id()).groupBy("worker_pid").agg(
                     F.max("worker_loads").alias("loads"), F.countDistinct("task").alias("tasks")).collect()
+        except BaseException:
+            release(vectors)  # the caller releases it only when this returns
+            raise
         finally:
             release(texts)
         details.update(tasks=sum(r["tasks"] for r in loads),
@@ -226,8 +230,12 @@ def _model_rows(ctx: Context, model: str, sessions, details: dict):
             details["estimate"] = dataclasses.asdict(estimate)
 
         texts = embed_lib.distinct_texts(sessions).persist(StorageLevel.MEMORY_AND_DISK)
-        details["distinct_texts"] = texts.count()
-        vectors = embed_texts_openai(ctx, model, texts, on_estimate=announce)
+        try:
+            details["distinct_texts"] = texts.count()
+            vectors = embed_texts_openai(ctx, model, texts, on_estimate=announce)
+        except BaseException:
+            release(texts)  # the caller releases it only when this returns
+            raise
         return embed_lib.join_back(sessions, vectors, model), texts
     if kind == "encoder":
         from beha2vec.encoder.apply import embed_sessions
