@@ -9,7 +9,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
@@ -191,7 +191,8 @@ def sessionize(ctx: Context, incremental: bool = False) -> dict:
 
 
 def _arrow_batch(spark, rows: int):
-    """Rows per Arrow batch for the pandas UDFs of one stage, restored afterwards."""
+    """Rows per Arrow batch for the pandas UDFs of one stage, restored afterwards. Spark reads the
+    setting when a plan runs, not when it is built, so the stage's actions must run inside it."""
     return setting(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", str(rows))
 
 
@@ -200,28 +201,28 @@ def _encoder_name(model: str, version: int) -> str:
     return "encoder" if model == "encoder" else f"encoder:v{version}"
 
 
-def _model_rows(ctx: Context, model: str, sessions, details: dict):
-    """``session_embeddings`` rows of one model; adds what was learned about the work to ``details``."""
+def _persisted(cache: ExitStack, frame):
+    """``frame`` persisted until ``cache`` closes, however the work using it ends."""
+    frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
+    cache.callback(release, frame)
+    return frame
+
+
+def _model_rows(ctx: Context, model: str, sessions, details: dict, cache: ExitStack):
+    """``session_embeddings`` rows of one model; adds what was learned about the work to ``details``.
+    Frames it caches stay cached until ``cache`` closes (after the caller's write)."""
     conf = ctx.config.embed
     kind = embed_lib.kind_of(model)
     if kind == "sentence-transformers":
-        texts = embed_lib.distinct_texts(sessions).persist(StorageLevel.MEMORY_AND_DISK)
-        vectors = None
-        try:
-            details["distinct_texts"] = texts.count()
-            spread = embed_lib.over_every_core(texts, details["distinct_texts"], conf.arrow_batch_size)
-            with _arrow_batch(ctx.spark, conf.arrow_batch_size):
-                vectors = embed_lib.embed_texts_st(model, spread, conf).persist(StorageLevel.MEMORY_AND_DISK)
-                loads = vectors.withColumn("task", F.spark_partition_id()).groupBy("worker_pid").agg(
-                    F.max("worker_loads").alias("loads"), F.countDistinct("task").alias("tasks")).collect()
-        except BaseException:
-            release(vectors)  # the caller releases it only when this returns
-            raise
-        finally:
-            release(texts)
+        texts = _persisted(cache, embed_lib.distinct_texts(sessions))
+        details["distinct_texts"] = texts.count()
+        spread = embed_lib.over_every_core(texts, details["distinct_texts"], conf.arrow_batch_size)
+        vectors = _persisted(cache, embed_lib.embed_texts_st(model, spread, conf))
+        loads = vectors.withColumn("task", F.spark_partition_id()).groupBy("worker_pid").agg(
+            F.max("worker_loads").alias("loads"), F.countDistinct("task").alias("tasks")).collect()
         details.update(tasks=sum(r["tasks"] for r in loads),
                        model_loads_per_worker={str(r["worker_pid"]): r["loads"] for r in loads})
-        return embed_lib.join_back(sessions, vectors.drop("worker_pid", "worker_loads"), model), vectors
+        return embed_lib.join_back(sessions, vectors.drop("worker_pid", "worker_loads"), model)
     if kind == "openai":
         from beha2vec.embed_openai import embed_texts_openai
 
@@ -229,33 +230,26 @@ def _model_rows(ctx: Context, model: str, sessions, details: dict):
             print(f"embed {model}: {estimate}")
             details["estimate"] = dataclasses.asdict(estimate)
 
-        texts = embed_lib.distinct_texts(sessions).persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            details["distinct_texts"] = texts.count()
-            vectors = embed_texts_openai(ctx, model, texts, on_estimate=announce)
-        except BaseException:
-            release(texts)  # the caller releases it only when this returns
-            raise
-        return embed_lib.join_back(sessions, vectors, model), texts
+        texts = _persisted(cache, embed_lib.distinct_texts(sessions))
+        details["distinct_texts"] = texts.count()
+        vectors = embed_texts_openai(ctx, model, texts, on_estimate=announce)
+        return embed_lib.join_back(sessions, vectors, model)
     if kind == "encoder":
         from beha2vec.encoder.apply import embed_sessions
 
         enc = ctx.config.encoder
-        with _arrow_batch(ctx.spark, conf.arrow_batch_size):
-            rows = embed_sessions(sessions, details["model_path"], _encoder_name(model, details["version"]),
-                                  enc.device, enc.torch_threads or 1, enc.inference_batch_size)
-            rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-            return rows, rows
+        return embed_sessions(sessions, details["model_path"], _encoder_name(model, details["version"]),
+                              enc.device, enc.torch_threads or 1, enc.inference_batch_size)
     if kind == "tfidf":
         documents = embed_lib.visit_tokens(sessions, conf.tfidf_path_segments)
         fitted = embed_lib.fit_tfidf(documents, conf)
         path = f"{ctx.lake.root}/_models/tfidf"
         fitted.write().overwrite().save(path)
         details.update(vocabulary=len(fitted.stages[0].vocabulary), model_path=path)
-        return embed_lib.transform_tfidf(fitted, documents), None
+        return embed_lib.transform_tfidf(fitted, documents)
     from beha2vec.features import standardize
 
-    return embed_lib.features_rows(standardize(ctx.lake.read("session_features"))), None
+    return embed_lib.features_rows(standardize(ctx.lake.read("session_features")))
 
 
 def _identity(ctx: Context, model: str, details: dict) -> str | None:
@@ -333,13 +327,11 @@ def embed(ctx: Context, models: list[str] | None = None, incremental: bool = Fal
                 run.details.update(version=version, model_path=str(path))
                 name = _encoder_name(model, version)
             identity = _identity(ctx, model, run.details)
-            with _per_session(ctx, "session_embeddings", sessions, identity, name, incremental,
-                              run.details) as (todo, complete):
-                rows, cached = _model_rows(ctx, model, todo, run.details)
-                try:
-                    written = ctx.lake.write(complete(rows), "session_embeddings", replace={"model": name})
-                finally:
-                    release(cached)
+            with (_per_session(ctx, "session_embeddings", sessions, identity, name, incremental,
+                               run.details) as (todo, complete), ExitStack() as cache,
+                  _arrow_batch(ctx.spark, ctx.config.embed.arrow_batch_size)):  # until the write has run
+                rows = _model_rows(ctx, model, todo, run.details, cache)
+                written = ctx.lake.write(complete(rows), "session_embeddings", replace={"model": name})
             run.rows_in = sessions.count()
             run.rows_out = written.rows
             run.rows_rejected = 0
