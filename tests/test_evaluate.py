@@ -216,6 +216,8 @@ def test_evaluate_models_end_to_end(spark):
     # u0 and u1 share persona p: 23 of the other 35 sessions share a p session's persona, 11 a q one's
     assert value["blobs", "persona_purity_at_3"] == 1.0
     assert value["blobs", "persona_purity_at_3_chance"] == pytest.approx((24 * 23 / 35 + 12 * 11 / 35) / 36)
+    # 3 held-out sessions per user: u0's and u1's share persona p with one other user, u2's has q alone
+    assert value["blobs", "id_accuracy_persona_chance"] == pytest.approx((3 / 2 + 3 / 2 + 3 / 1) / 9)
     blobs_values = results[results.model == "blobs"].set_index("metric")["value"]
     sparse_values = results[results.model == "blobs_sparse"].set_index("metric")["value"]
     pd.testing.assert_series_equal(blobs_values, sparse_values, atol=1e-9)
@@ -227,4 +229,4 @@ def test_evaluate_models_end_to_end(spark):
     assert list(table.index) == ["blobs", "blobs_sparse", "noise"]
     assert list(table.columns[:3]) == ["silhouette_cosine", "silhouette_euclidean", "id_accuracy"]
     assert table.loc["noise", "id_accuracy_chance"] == pytest.approx(1 / 3)
-    assert table.shape == (3, 11)
+    assert table.shape == (3, 12)

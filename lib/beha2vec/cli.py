@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("cluster", help="k sweep (MLlib KMeans, BisectingKMeans); k by silhouette and stability")
 
     p = sub.add_parser("evaluate", help="how well each model separates and identifies users")
-    p.add_argument("--truth", metavar="CSV", help="user_id,persona file (synthetic data) for persona purity")
+    p.add_argument("--truth", metavar="CSV", help="user_id,persona file (synthetic data) for persona "
+                   "purity and the persona-only identification baseline")
 
     sub.add_parser("profile", help="the selected clustering's clusters in numbers")
     sub.add_parser("interpret", help="a sentence and three keywords per cluster (LLM or offline rules)")

@@ -276,7 +276,19 @@ def _score_model(model: str, X: Matrix, users: np.ndarray, personas: np.ndarray 
         add(name, neighbour_purity(X[known], labelled, k), purity, counts)
         add(f"{name}_chance", _purity_chance(labelled),
             purity | {"baseline": "share of other sessions with the same persona"}, counts)
+        test = split_by_user(users, conf.seed, conf.test_fraction)[known]
+        add("id_accuracy_persona_chance", _persona_chance(users[known], labelled, test),
+            classifier | {"baseline": "1 / users of the held-out session's persona"}, counts)
     return rows
+
+
+def _persona_chance(users: np.ndarray, personas: np.ndarray, test: np.ndarray) -> float:
+    """Identification accuracy of knowing each held-out session's persona and nothing else
+    (a uniform guess among the users of that persona): what a model that captures behaviour types
+    but no person scores, so the distance above it is what a model knows of the person."""
+    frame = pd.DataFrame({"user": users, "persona": personas})
+    users_per_persona = frame.drop_duplicates("user")["persona"].value_counts()
+    return float(np.mean(1 / frame.loc[test, "persona"].map(users_per_persona).to_numpy()))
 
 
 def _personas(users: pd.Series, truth: pd.DataFrame) -> np.ndarray:

@@ -1,0 +1,160 @@
+"""Experiment: how well can anyone identify synthetic GA4 users? A classifier that knows the truth.
+
+Why: issue 4 asks the encoder to identify held-out users "by a wide margin" better than the other
+models. On synthetic data the generator decides how much of a person a session can show, so this
+scores, on ``evaluate``'s own held-out sample and split, a Bayes classifier handed every scored
+user's true generating parameters (``beha2vec.synth``'s internals, the same seed): their personal
+section affinity and off-persona share, their dwell multiplier and their persona's hours. No model
+trained on a few sessions per user can be expected to beat it; how far the models are below it is
+the room there is. Next to it, the same model family with its parameters fitted on the train split
+only (no truth): what the scored sessions themselves allow. The oracle approximates: consecutive
+visits to one page, merged by sessionize, count once; the purchase funnel's forced pages are scored
+like any other page; observed dwell is the generator's dwell plus one offset fitted on the sample.
+
+    python bench/synth_oracle.py --lake LAKE --users 500 --days 28 --personas 5 --seed 11
+
+The lake must come from ``beha2vec synth --kind ga4`` with the same arguments and hold
+``session_embeddings`` (the sample is the sessions every model embedded, as ``evaluate`` draws it).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from beha2vec import evaluate as ev
+from beha2vec import synth
+from beha2vec.config import load_config
+from beha2vec.context import Context
+
+FLOOR = 1e-4  # probability of a section the model gives a user none of (funnel pages, rounding)
+CONCENTRATION = 40.0  # synth draws a user's section weights as gamma(40 x the persona's share)
+
+
+def truth_parameters(spec: synth._Spec) -> pd.DataFrame:
+    """Per user id: persona index, section probabilities (a row of ``SECTIONS``), dwell multiplier."""
+    plan = synth._plan(spec)
+    wander = np.zeros(len(synth.SECTIONS))
+    wander[synth._WANDER] = 1 / len(synth._WANDER)
+    rows = []
+    for block in range(synth._n_blocks(spec.users)):
+        users = synth._block_users(spec, plan, block)
+        affinity = np.diff(users.cum, axis=1, prepend=0.0)
+        sections = (1 - users.noise[:, None]) * affinity + users.noise[:, None] * wander
+        for i, user_id in enumerate(users.ids):
+            rows.append({"user_id": user_id, "persona": int(plan.persona[users.lo + i]),
+                         "sections": sections[i], "dwell": float(users.dwell[i])})
+    return pd.DataFrame(rows).set_index("user_id")
+
+
+def hour_log_probs(personas: int) -> np.ndarray:
+    """log P(start hour | persona, weekend) as the plan draws it: [persona, weekend, hour]."""
+    out = np.empty((personas, 2, 24))
+    for p, template in enumerate(synth.PERSONAS[:personas]):
+        for weekend, peaks in enumerate((template.hours, template.weekend_hours)):
+            w = synth._hour_weights(peaks)
+            out[p, weekend] = np.log(w / w.sum())
+    return out
+
+
+def fitted_scores(counts: np.ndarray, dwell_logs: list[np.ndarray], user: np.ndarray, train: np.ndarray,
+                  n_users: int) -> np.ndarray:
+    """Log-likelihood of every session under every user, the generator's model family with its
+    parameters estimated from the train split alone (what ``evaluate``'s classifier sees): section
+    shares shrunk towards the pooled shares with the generator's own concentration, a per-user
+    mean log dwell with the pooled spread. No truth: the same information as the models."""
+    pooled = counts[train].sum(0) / counts[train].sum()
+    per_user = np.stack([counts[train & (user == u)].sum(0) for u in range(n_users)])
+    shares = (per_user + CONCENTRATION * pooled) / (per_user.sum(1, keepdims=True) + CONCENTRATION)
+    mean = np.array([np.concatenate([dwell_logs[r] for r in np.flatnonzero(train & (user == u))]).mean()
+                     for u in range(n_users)])
+    spread = np.concatenate([dwell_logs[r] - mean[user[r]] for r in np.flatnonzero(train)]).std()
+    dwell = np.stack([(-0.5 * ((logs[:, None] - mean[None, :]) / spread) ** 2).sum(0) for logs in dwell_logs])
+    return counts @ np.log(shares + FLOOR).T + dwell
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--conf", nargs="+", default=["conf/local.yaml"])
+    parser.add_argument("--lake", type=Path, required=True)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    for name in ("users", "days", "personas", "seed"):
+        parser.add_argument(f"--{name}", type=int, required=True, help=f"synth's --{name}")
+    args = parser.parse_args()
+
+    spec = synth._Spec("ga4", args.users, args.days, args.personas, args.seed)
+    truth = truth_parameters(spec)
+    ctx = Context(load_config(args.conf, [*args.set, "spark.progress_bar=false"], str(args.lake)))
+    conf = ctx.config.evaluate
+    sessions = ctx.lake.read("sessions")
+    ids = (ev.sample_sessions(ctx.lake.read("session_embeddings"), conf, sessions)
+           .select("session_id", "user_id").distinct())
+    rows = (sessions.join(ids, ["session_id", "user_id"])
+            .select("session_id", "user_id", "start_ts", "domains", "dwell_s").toPandas()
+            .sort_values(["user_id", "session_id"], ignore_index=True))
+    candidates = np.unique(rows["user_id"])
+    missing = set(candidates) - set(truth.index)
+    if missing:
+        raise SystemExit(f"{len(missing)} sampled users are not in synth's plan for these arguments, "
+                         f"e.g. {sorted(missing)[:3]}: is the lake from this synth run?")
+    params = truth.loc[candidates]
+    site = synth._site()
+    section_of = dict(zip(site.paths, site.section_of.tolist(), strict=True))
+    section_of |= {p.split("?")[0]: s for p, s in section_of.items()}
+
+    log_sections = np.log(np.stack(params["sections"]) + FLOOR)  # [user, section]
+    median = np.log([t.dwell for t in synth.PERSONAS[: args.personas]])
+    sigma = np.array([t.dwell_sigma for t in synth.PERSONAS[: args.personas]])
+    persona = params["persona"].to_numpy()
+    hours = hour_log_probs(args.personas)
+
+    unknown = 0
+    counts = np.zeros((len(rows), len(synth.SECTIONS)))
+    dwell_logs, own_expected = [], []
+    own = {u: i for i, u in enumerate(candidates)}
+    for r, (user, units, dwell) in enumerate(zip(rows["user_id"], rows["domains"], rows["dwell_s"],
+                                                 strict=True)):
+        for unit in units:
+            if unit in section_of:
+                counts[r, section_of[unit]] += 1
+            else:
+                unknown += 1
+        logs = np.log(np.clip(np.asarray(dwell, dtype=float), 1.0, None))
+        dwell_logs.append(logs)
+        u = own[user]
+        own_expected.append(np.full(len(logs), median[persona[u]] + np.log(params["dwell"].iloc[u])))
+    offset = float(np.mean(np.concatenate(dwell_logs) - np.concatenate(own_expected)))
+
+    score_sections = counts @ log_sections.T  # [session, user]
+    mu = median[persona] + np.log(params["dwell"].to_numpy()) + offset  # [user]
+    score_dwell = np.stack([
+        (-0.5 * ((logs[:, None] - mu[None, :]) / sigma[persona][None, :]) ** 2
+         - np.log(sigma[persona])[None, :]).sum(0)
+        for logs in dwell_logs])
+    start = pd.to_datetime(rows["start_ts"], utc=True)
+    weekend = (start.dt.weekday >= 5).to_numpy().astype(int)
+    score_hours = hours[:, weekend, start.dt.hour.to_numpy()].T[:, persona]  # [session, user]
+
+    users = rows["user_id"].to_numpy()
+    test = ev.split_by_user(users, conf.seed, conf.test_fraction)
+    index = np.array([own[u] for u in users])
+    truth_index = index[test]
+    print(f"{test.sum()} held-out sessions of {len(candidates)} users (chance {1 / len(candidates):.3f}); "
+          f"{unknown} visits to pages not in the site's vocabulary were ignored; dwell offset {offset:+.2f}")
+    persona_users = pd.Series(persona).value_counts()[persona[truth_index]].to_numpy()
+    print(f"persona only (1 / users of the persona): {np.mean(1 / persona_users):.3f}")
+    fitted = fitted_scores(counts, dwell_logs, index, ~test, len(candidates))
+    for name, score in (("oracle, sections", score_sections),
+                        ("oracle, sections + dwell", score_sections + score_dwell),
+                        ("oracle, sections + dwell + hours", score_sections + score_dwell + score_hours),
+                        ("fitted on the train split, sections + dwell", fitted)):
+        guess = score[test].argmax(1)
+        print(f"{name}: id accuracy {np.mean(guess == truth_index):.3f}, "
+              f"persona accuracy {np.mean(persona[guess] == persona[truth_index]):.3f}")
+
+
+if __name__ == "__main__":
+    main()
