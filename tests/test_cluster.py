@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -11,11 +12,13 @@ from pyspark.sql import types as T
 from sklearn.metrics import adjusted_rand_score
 
 from beha2vec.cluster import (
+    Fit,
     assignments,
     best_of_restarts,
     choose,
     estimator,
     restart_seeds,
+    score_fits,
     selected_model,
     small_threshold,
     stability,
@@ -40,6 +43,24 @@ def test_choose_prefers_the_best_fit_of_a_stable_k():
     assert choose(scores, 0.6) == (5, 2, True)
     assert choose(scores, 0.0) == (4, 1, True)
     assert choose(scores, 0.95) == (4, 1, False)  # nothing stable: the best fit overall
+
+
+def test_a_k_at_the_top_of_the_range_is_reported(caplog):
+    labels = np.array([0, 0, 1, 1, 2, 2])
+
+    def fit(k: int, silhouette: float) -> Fit:
+        return Fit("kmeans", k, 1, None, silhouette, 1.0, 3, 0.1, [2] * k, labels)
+
+    conf = ClusterConfig(k_min=2, k_max=4, seeds=[1])
+    with caplog.at_level(logging.WARNING, logger="beha2vec.cluster"):
+        scores = score_fits([fit(2, 0.3), fit(3, 0.4), fit(4, 0.5)], "m", 6, conf)
+    assert scores.loc[scores["chosen"], "k"].tolist() == [4]
+    assert "k=4 is the largest k swept (cluster.k_max)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="beha2vec.cluster"):
+        score_fits([fit(2, 0.3), fit(3, 0.6), fit(4, 0.5)], "m", 6, conf)
+        score_fits([fit(4, 0.5)], "m", 6, conf)  # the chosen fit scored on every user: no sweep to widen
+    assert "largest k" not in caplog.text
 
 
 def test_stability_is_label_permutation_invariant():

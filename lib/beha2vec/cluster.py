@@ -208,14 +208,14 @@ def sweep(vectors: DataFrame, conf: ClusterConfig, name: str) -> tuple[pd.DataFr
             for future in tqdm(as_completed(futures), total=len(futures), desc=f"cluster {name}",
                                unit="fit", leave=False):
                 fits.append(future.result())
-        scores = _scores(fits, name, n_swept, conf)
+        scores = score_fits(fits, name, n_swept, conf)
         by_key = {(f.algorithm, f.k, f.seed): f for f in fits}
         chosen = {r.algorithm: by_key[(r.algorithm, r.k, r.seed)]
                   for r in scores[scores["chosen"]].itertuples()}
         if n_swept < n_users:
             chosen = {a: on_every_user(data, f) for a, f in chosen.items()}
             scores["chosen"] = False
-            every = _scores(list(chosen.values()), name, n_users, conf)
+            every = score_fits(list(chosen.values()), name, n_users, conf)
             swept_stability = scores.groupby(["algorithm", "k"])["stability"].first()
             every["stability"] = [swept_stability[(r.algorithm, r.k)] for r in every.itertuples()]
             every["chosen_k"] = every["chosen"] = every["all_users"] = True
@@ -237,7 +237,7 @@ def on_every_user(data: DataFrame, fit: Fit) -> Fit:
                    fit_s=fit.fit_s + time.perf_counter() - started)
 
 
-def _scores(fits: list[Fit], name: str, n_users: int, conf: ClusterConfig) -> pd.DataFrame:
+def score_fits(fits: list[Fit], name: str, n_users: int, conf: ClusterConfig) -> pd.DataFrame:
     """One row per fit, with each k's stability and each algorithm's chosen k and fit marked."""
     scores = pd.DataFrame([{"model": name, "algorithm": f.algorithm, "k": f.k, "seed": f.seed,
                             "silhouette": f.silhouette, "cost": f.cost, "iterations": f.iterations,
@@ -254,6 +254,9 @@ def _scores(fits: list[Fit], name: str, n_users: int, conf: ClusterConfig) -> pd
         if not stable:
             log.warning("cluster %s/%s: no k reaches stability %.2f; k=%d has the best silhouette",
                         name, algorithm, conf.min_stability, k)
+        if k == conf.k_max and group["k"].nunique() > 1:
+            log.warning("cluster %s/%s: k=%d is the largest k swept (cluster.k_max); a larger k may "
+                        "fit better: widen the range to see", name, algorithm, k)
         at_k = (scores["algorithm"] == algorithm) & (scores["k"] == k)
         scores.loc[at_k, "chosen_k"] = True
         scores.loc[at_k & (scores["seed"] == seed), "chosen"] = True

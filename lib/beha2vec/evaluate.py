@@ -245,8 +245,9 @@ def _score_model(model: str, X: Matrix, users: np.ndarray, personas: np.ndarray 
     size = (len(np.unique(users)), len(users))
     sample = {"seed": conf.seed, "min_sessions": conf.min_sessions, "max_users": conf.max_users,
               "max_sessions_per_user": conf.max_sessions_per_user}
+    held_out = split_by_user(users, conf.seed, conf.test_fraction)
     split = sample | {"test_fraction": conf.test_fraction, "split": "per user, seeded shuffle",
-                      "n_test": int(split_by_user(users, conf.seed, conf.test_fraction).sum())}
+                      "n_test": int(held_out.sum())}
     rows: list[dict[str, Any]] = []
 
     def add(metric: str, value: float, params: dict[str, Any], counts: tuple[int, int] = size) -> None:
@@ -276,8 +277,7 @@ def _score_model(model: str, X: Matrix, users: np.ndarray, personas: np.ndarray 
         add(name, neighbour_purity(X[known], labelled, k), purity, counts)
         add(f"{name}_chance", _purity_chance(labelled),
             purity | {"baseline": "share of other sessions with the same persona"}, counts)
-        test = split_by_user(users, conf.seed, conf.test_fraction)[known]
-        add("id_accuracy_persona_chance", _persona_chance(users[known], labelled, test),
+        add("id_accuracy_persona_chance", _persona_chance(users[known], labelled, held_out[known]),
             classifier | {"baseline": "1 / users of the held-out session's persona"}, counts)
     return rows
 
