@@ -144,8 +144,8 @@ def main() -> None:
     truth_index = index[test]
     print(f"{test.sum()} held-out sessions of {len(candidates)} users (chance {1 / len(candidates):.3f}); "
           f"{unknown} visits to pages not in the site's vocabulary were ignored; dwell offset {offset:+.2f}")
-    persona_users = pd.Series(persona).value_counts()[persona[truth_index]].to_numpy()
-    print(f"persona only (1 / users of the persona): {np.mean(1 / persona_users):.3f}")
+    print(f"persona only (evaluate's id_accuracy_persona_chance): "
+          f"{ev.persona_chance(users, persona[index], test):.3f}")
     fitted = fitted_scores(counts, dwell_logs, index, ~test, len(candidates))
     for name, score in (("oracle, sections", score_sections),
                         ("oracle, sections + dwell", score_sections + score_dwell),

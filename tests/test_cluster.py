@@ -17,6 +17,7 @@ from beha2vec.cluster import (
     best_of_restarts,
     choose,
     estimator,
+    mark_chosen,
     restart_seeds,
     score_fits,
     selected_model,
@@ -48,18 +49,20 @@ def test_choose_prefers_the_best_fit_of_a_stable_k():
 def test_a_k_at_the_top_of_the_range_is_reported(caplog):
     labels = np.array([0, 0, 1, 1, 2, 2])
 
-    def fit(k: int, silhouette: float) -> Fit:
-        return Fit("kmeans", k, 1, None, silhouette, 1.0, 3, 0.1, [2] * k, labels)
+    def scores(*silhouettes: float) -> pd.DataFrame:
+        """A sweep of k = 2, 3, ... with one seed each and these silhouettes."""
+        return score_fits([Fit("kmeans", k, 1, None, s, 1.0, 3, 0.1, [2] * k, labels)
+                           for k, s in enumerate(silhouettes, start=2)], "m", 6)
 
     conf = ClusterConfig(k_min=2, k_max=4, seeds=[1])
     with caplog.at_level(logging.WARNING, logger="beha2vec.cluster"):
-        scores = score_fits([fit(2, 0.3), fit(3, 0.4), fit(4, 0.5)], "m", 6, conf)
-    assert scores.loc[scores["chosen"], "k"].tolist() == [4]
+        marked = mark_chosen(scores(0.3, 0.4, 0.5), "m", conf)
+    assert marked.loc[marked["chosen"], "k"].tolist() == [4]
     assert "k=4 is the largest k swept (cluster.k_max)" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="beha2vec.cluster"):
-        score_fits([fit(2, 0.3), fit(3, 0.6), fit(4, 0.5)], "m", 6, conf)
-        score_fits([fit(4, 0.5)], "m", 6, conf)  # the chosen fit scored on every user: no sweep to widen
+        mark_chosen(scores(0.3, 0.6, 0.5), "m", conf)
+        mark_chosen(scores(0.3), "m", ClusterConfig(k_min=2, k_max=2, seeds=[1]))  # k fixed by the user
     assert "largest k" not in caplog.text
 
 

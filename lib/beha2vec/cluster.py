@@ -208,14 +208,14 @@ def sweep(vectors: DataFrame, conf: ClusterConfig, name: str) -> tuple[pd.DataFr
             for future in tqdm(as_completed(futures), total=len(futures), desc=f"cluster {name}",
                                unit="fit", leave=False):
                 fits.append(future.result())
-        scores = score_fits(fits, name, n_swept, conf)
+        scores = mark_chosen(score_fits(fits, name, n_swept), name, conf)
         by_key = {(f.algorithm, f.k, f.seed): f for f in fits}
         chosen = {r.algorithm: by_key[(r.algorithm, r.k, r.seed)]
                   for r in scores[scores["chosen"]].itertuples()}
         if n_swept < n_users:
             chosen = {a: on_every_user(data, f) for a, f in chosen.items()}
             scores["chosen"] = False
-            every = score_fits(list(chosen.values()), name, n_users, conf)
+            every = score_fits(list(chosen.values()), name, n_users)
             swept_stability = scores.groupby(["algorithm", "k"])["stability"].first()
             every["stability"] = [swept_stability[(r.algorithm, r.k)] for r in every.itertuples()]
             every["chosen_k"] = every["chosen"] = every["all_users"] = True
@@ -237,8 +237,8 @@ def on_every_user(data: DataFrame, fit: Fit) -> Fit:
                    fit_s=fit.fit_s + time.perf_counter() - started)
 
 
-def score_fits(fits: list[Fit], name: str, n_users: int, conf: ClusterConfig) -> pd.DataFrame:
-    """One row per fit, with each k's stability and each algorithm's chosen k and fit marked."""
+def score_fits(fits: list[Fit], name: str, n_users: int) -> pd.DataFrame:
+    """One row per fit, with its k's stability (mean ARI between seeds); nothing chosen yet."""
     scores = pd.DataFrame([{"model": name, "algorithm": f.algorithm, "k": f.k, "seed": f.seed,
                             "silhouette": f.silhouette, "cost": f.cost, "iterations": f.iterations,
                             "fit_s": f.fit_s, "n_users": n_users, "smallest": min(f.sizes),
@@ -249,12 +249,19 @@ def score_fits(fits: list[Fit], name: str, n_users: int, conf: ClusterConfig) ->
         at = (scores["algorithm"] == algorithm) & (scores["k"] == k)
         scores.loc[at, "stability"] = stability([f.sample_labels for f in group])
     scores["chosen_k"] = scores["chosen"] = scores["all_users"] = False
+    return scores
+
+
+def mark_chosen(scores: pd.DataFrame, name: str, conf: ClusterConfig) -> pd.DataFrame:
+    """``scores`` with each algorithm's k and fit chosen by :func:`choose` marked; warns where the
+    choice is weak: no k stable enough, or k at the top of a swept range (the silhouette may still
+    be rising there, so the chosen k is the range's edge rather than the data's)."""
     for algorithm, group in scores.groupby("algorithm"):
         k, seed, stable = choose(group, conf.min_stability)
         if not stable:
             log.warning("cluster %s/%s: no k reaches stability %.2f; k=%d has the best silhouette",
                         name, algorithm, conf.min_stability, k)
-        if k == conf.k_max and group["k"].nunique() > 1:
+        if k == conf.k_max > conf.k_min:
             log.warning("cluster %s/%s: k=%d is the largest k swept (cluster.k_max); a larger k may "
                         "fit better: widen the range to see", name, algorithm, k)
         at_k = (scores["algorithm"] == algorithm) & (scores["k"] == k)

@@ -277,12 +277,12 @@ def _score_model(model: str, X: Matrix, users: np.ndarray, personas: np.ndarray 
         add(name, neighbour_purity(X[known], labelled, k), purity, counts)
         add(f"{name}_chance", _purity_chance(labelled),
             purity | {"baseline": "share of other sessions with the same persona"}, counts)
-        add("id_accuracy_persona_chance", _persona_chance(users[known], labelled, held_out[known]),
+        add("id_accuracy_persona_chance", persona_chance(users[known], labelled, held_out[known]),
             classifier | {"baseline": "1 / users of the held-out session's persona"}, counts)
     return rows
 
 
-def _persona_chance(users: np.ndarray, personas: np.ndarray, test: np.ndarray) -> float:
+def persona_chance(users: np.ndarray, personas: np.ndarray, test: np.ndarray) -> float:
     """Identification accuracy of knowing each held-out session's persona and nothing else
     (a uniform guess among the users of that persona): what a model that captures behaviour types
     but no person scores, so the distance above it is what a model knows of the person."""
