@@ -7,9 +7,11 @@ user's true generating parameters (``beha2vec.synth``'s internals, the same seed
 section affinity and off-persona share, their dwell multiplier and their persona's hours. No model
 trained on a few sessions per user can be expected to beat it; how far the models are below it is
 the room there is. Next to it, the same model family with its parameters fitted on the train split
-only (no truth): what the scored sessions themselves allow. The oracle approximates: consecutive
-visits to one page, merged by sessionize, count once; the purchase funnel's forced pages are scored
-like any other page; observed dwell is the generator's dwell plus one offset fitted on the sample.
+only (no truth): what the scored sessions themselves allow. Last, the silhouette by user of the
+oracle's own scores used as session vectors: what that metric gives the best identifier there is.
+The oracle approximates: consecutive visits to one page, merged by sessionize, count once; the
+purchase funnel's forced pages are scored like any other page; observed dwell is the generator's
+dwell plus one offset fitted on the sample.
 
     python bench/synth_oracle.py --lake LAKE --users 500 --days 28 --personas 5 --seed 11
 
@@ -74,6 +76,16 @@ def fitted_scores(counts: np.ndarray, dwell_logs: list[np.ndarray], user: np.nda
     spread = np.concatenate([dwell_logs[r] - mean[user[r]] for r in np.flatnonzero(train)]).std()
     dwell = np.stack([(-0.5 * ((logs[:, None] - mean[None, :]) / spread) ** 2).sum(0) for logs in dwell_logs])
     return counts @ np.log(shares + FLOOR).T + dwell
+
+
+def posterior(scores: np.ndarray) -> np.ndarray:
+    """P(user | session) under a uniform prior, from log-likelihoods ``[session, user]``.
+
+    As a session's vector it is an embedding made for telling users apart from the generator's
+    truth: two sessions are close exactly when they point to the same users. Its silhouette by user
+    shows what that metric gives the best identifier there is on this data."""
+    shifted = np.exp(scores - scores.max(1, keepdims=True))
+    return shifted / shifted.sum(1, keepdims=True)
 
 
 def main() -> None:
@@ -154,6 +166,12 @@ def main() -> None:
         guess = score[test].argmax(1)
         print(f"{name}: id accuracy {np.mean(guess == truth_index):.3f}, "
               f"persona accuracy {np.mean(persona[guess] == persona[truth_index]):.3f}")
+    oracle = score_sections + score_dwell + score_hours
+    print(f"silhouette by user (cosine) on all {len(rows)} sampled sessions, as evaluate scores the models:")
+    centred = oracle - oracle.mean(1, keepdims=True)
+    for name, vectors in (("the oracle's posterior over users", posterior(oracle)),
+                          ("its log-likelihoods, centred per session", centred)):
+        print(f"  {name}: {ev.silhouette(vectors, users, 'cosine'):.3f}")
 
 
 if __name__ == "__main__":

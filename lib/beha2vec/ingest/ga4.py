@@ -34,6 +34,7 @@ BARE_NUMBER_ID = r'("(?:user_pseudo_id|user_id|transaction_id)"\s*:\s*)(-?[0-9][
 # second object or trailing junk would vanish: see text_after_object.
 STRING_LITERAL = r'"[^"\\]*+(?:\\.[^"\\]*+)*+"'  # unrolled and possessive: no regex recursion
 AFTER_CLOSE = r'\}\s*+[^\s,}\]]'
+CLOSE_AT_END = r'\}[ \t\r]*+$'  # not rtrim(text, chars): Spark 4.2 warns that form is deprecated
 
 
 def param(name: str) -> Column:
@@ -70,7 +71,7 @@ def text_after_object(raw: Column) -> Column:
 
     suspect = raw.rlike(AFTER_CLOSE) | ~raw.endswith("}") | braces_differ(raw)
     structure = F.regexp_replace(raw, STRING_LITERAL, '""')
-    return suspect & (structure.rlike(AFTER_CLOSE) | ~F.rtrim(structure, F.lit(" \t\r")).endswith("}")
+    return suspect & (structure.rlike(AFTER_CLOSE) | ~structure.rlike(CLOSE_AT_END)
                       | braces_differ(structure))
 
 
