@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -85,6 +86,19 @@ def test_random_vectors_score_near_chance():
     assert accuracy < 0.3 and macro_f1 < 0.3  # chance is 0.1 over 100 held-out sessions
     assert recall[1] < 0.3 and 0.3 < recall[5] < 0.75  # chance 0.1 and 0.5
     assert -0.1 < silhouette(X, labels, "cosine") < 0.02  # noise sits slightly closer to other users
+
+
+def test_a_fit_stopped_by_lr_max_iter_is_logged_with_the_setting_to_raise(caplog):
+    rng = np.random.default_rng(3)
+    labels = np.repeat([f"u{i}" for i in range(10)], 40)
+    X = rng.normal(size=(len(labels), 16))
+    with caplog.at_level(logging.WARNING, logger="beha2vec.evaluate"):
+        identification(X, labels, seed=0, test_fraction=0.25)
+    assert not caplog.records  # 100 iterations are enough here
+    with caplog.at_level(logging.WARNING, logger="beha2vec.evaluate"):
+        stopped = identification(X, labels, seed=0, test_fraction=0.25, max_iter=2)
+    assert "max_iter=2 before converging; raise evaluate.lr_max_iter" in caplog.text
+    assert stopped != identification(X, labels, seed=0, test_fraction=0.25)
 
 
 def test_split_holds_out_a_share_of_every_user_and_is_seeded():
@@ -194,6 +208,8 @@ def test_too_few_users_says_how_many_sessions_are_needed(population):
         evaluate_models(population, conf(min_sessions=9))
     with pytest.raises(ConfigError, match="test_fraction"):
         evaluate_models(population, conf(test_fraction=1.0))
+    with pytest.raises(ConfigError, match="lr_max_iter must be at least 1"):
+        evaluate_models(population, conf(lr_max_iter=0))
 
 
 def test_evaluate_models_end_to_end(spark):
@@ -224,6 +240,8 @@ def test_evaluate_models_end_to_end(spark):
     assert value["noise", "silhouette_euclidean"] < 0.1
     params = json.loads(results.set_index(["model", "metric"]).loc[("noise", "recall_at_5"), "params"])
     assert params | {"seed": 42, "k": 5, "test_fraction": 0.25, "n_test": 9} == params
+    classifier = json.loads(results.set_index(["model", "metric"]).loc[("noise", "id_accuracy"), "params"])
+    assert "max_iter=100" in classifier["classifier"]
 
     table = comparison_table(results)
     assert list(table.index) == ["blobs", "blobs_sparse", "noise"]

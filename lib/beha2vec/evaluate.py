@@ -49,9 +49,6 @@ log = logging.getLogger(__name__)
 Matrix = np.ndarray | sparse.csr_matrix
 
 RETRIEVAL_KS = (1, 5)
-# lbfgs iterations cost about n_sessions x dim x n_users multiply-adds each; 100 bounds a
-# 200-user, 384-dim fit to about a minute on two cores. A fit that stops there is logged.
-LR_MAX_ITER = 100
 NEIGHBOUR_BLOCK = 1024  # rows of the similarity matrix held at once
 COLUMNS = ["model", "metric", "value", "n_users", "n_sessions", "params"]
 METRIC_ORDER = [
@@ -71,6 +68,7 @@ def validate(conf: EvaluateConfig) -> None:
         (0 < conf.test_fraction < 1,
          f"evaluate.test_fraction must be between 0 and 1 (exclusive), got {conf.test_fraction}"),
         (conf.neighbours >= 1, f"evaluate.neighbours must be at least 1, got {conf.neighbours}"),
+        (conf.lr_max_iter >= 1, f"evaluate.lr_max_iter must be at least 1, got {conf.lr_max_iter}"),
     ]
     for ok, message in problems:
         if not ok:
@@ -173,20 +171,21 @@ def silhouette(X: Matrix, labels: Sequence | np.ndarray, metric: str) -> float:
     return float(silhouette_score(X, np.asarray(labels), metric=metric))
 
 
-def identification(X: Matrix, labels: Sequence | np.ndarray, seed: int,
-                   test_fraction: float, quiet: bool = False) -> tuple[float, float]:
+def identification(X: Matrix, labels: Sequence | np.ndarray, seed: int, test_fraction: float,
+                   quiet: bool = False, max_iter: int = EvaluateConfig.lr_max_iter) -> tuple[float, float]:
     """Accuracy and macro-F1 of predicting the user of held-out sessions with logistic regression."""
     labels = np.asarray(labels)
     test = split_by_user(labels, seed, test_fraction)
     train_rows, test_rows = np.flatnonzero(~test), np.flatnonzero(test)
     scaler = StandardScaler(with_mean=not sparse.issparse(X)).fit(X[train_rows])
-    classifier = LogisticRegression(max_iter=LR_MAX_ITER)
+    classifier = LogisticRegression(max_iter=max_iter)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         classifier.fit(scaler.transform(X[train_rows]), labels[train_rows])
-    if classifier.n_iter_.max() >= LR_MAX_ITER:
+    if classifier.n_iter_.max() >= max_iter:
         (log.debug if quiet else log.warning)(
-            "logistic regression stopped at max_iter=%d before converging", LR_MAX_ITER)
+            "logistic regression stopped at max_iter=%d before converging; "
+            "raise evaluate.lr_max_iter for a converged fit", max_iter)
     predicted = classifier.predict(scaler.transform(X[test_rows]))
     truth = labels[test_rows]
     macro_f1 = f1_score(truth, predicted, labels=np.unique(truth), average="macro", zero_division=0)
@@ -257,8 +256,8 @@ def _score_model(model: str, X: Matrix, users: np.ndarray, personas: np.ndarray 
     log.info("evaluate %s: %d users, %d sessions, %d dimensions", model, *size, X.shape[1])
     for metric in ("cosine", "euclidean"):
         add(f"silhouette_{metric}", silhouette(X, users, metric), sample | {"distance": metric})
-    accuracy, macro_f1 = identification(X, users, conf.seed, conf.test_fraction)
-    classifier = split | {"classifier": f"logistic regression (lbfgs, C=1, max_iter={LR_MAX_ITER}) "
+    accuracy, macro_f1 = identification(X, users, conf.seed, conf.test_fraction, max_iter=conf.lr_max_iter)
+    classifier = split | {"classifier": f"logistic regression (lbfgs, C=1, max_iter={conf.lr_max_iter}) "
                                         "on unit-variance columns"}
     add("id_accuracy", accuracy, classifier)
     add("id_accuracy_chance", 1 / size[0], classifier | {"baseline": "1 / n_users"})

@@ -161,7 +161,8 @@ def loss_fn(conf: EncoderConfig, z: torch.Tensor, labels: torch.Tensor) -> torch
 
 def validation_metrics(vectors: np.ndarray, users: np.ndarray, conf: EvaluateConfig) -> dict[str, float]:
     """The ``evaluate`` metrics on the validation users (never trained on)."""
-    accuracy, _ = identification(vectors, users, conf.seed, conf.test_fraction, quiet=True)
+    accuracy, _ = identification(vectors, users, conf.seed, conf.test_fraction, quiet=True,
+                                 max_iter=conf.lr_max_iter)
     recall = centroid_retrieval(vectors, users, conf.seed, conf.test_fraction, (1, 5))
     return {"silhouette_cosine": silhouette(vectors, users, "cosine"), "id_accuracy": accuracy,
             "recall_at_1": recall[1], "recall_at_5": recall[5]}
