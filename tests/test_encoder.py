@@ -307,6 +307,13 @@ def test_train_encoder_stage_saves_a_version_and_records_the_run(trained_lake):
     assert test_users and trained_on and not trained_on & test_users
     assert report["train_users"] + report["validation_users"] <= len(trained_on)
     assert stages.train_encoder(ctx)["version"] == 2
+    ctx.config.evaluate.lr_max_iter = 0  # validation computes evaluate's metrics with its settings
+    try:
+        with pytest.raises(ConfigError, match="evaluate.lr_max_iter must be at least 1"):
+            stages.train_encoder(ctx)
+    finally:
+        ctx.config.evaluate.lr_max_iter = 100
+    assert registry.versions(root) == [1, 2]
 
 
 def test_udf_output_equals_the_in_process_model(trained_lake):

@@ -367,12 +367,14 @@ def features(ctx: Context, incremental: bool = False) -> dict:
 
 def train_encoder(ctx: Context, resume: str | None = None) -> dict:
     """``sessions`` of train and validation users into a new encoder version and an ``encoder_runs`` row."""
+    from beha2vec import evaluate as evaluate_lib
     from beha2vec.encoder import driver, registry
     from beha2vec.encoder.train import check
     from beha2vec.tables import ENCODER_RUNS
 
     conf = ctx.config.encoder
     check(conf)
+    evaluate_lib.validate(ctx.config.evaluate)  # validation epochs compute evaluate's metrics
     root = registry.registry_root(conf.registry, ctx.lake.root)
     with recorded(ctx.lake, ctx.config, "train-encoder") as run:
         if resume:
