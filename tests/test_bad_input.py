@@ -122,6 +122,18 @@ def _ids_kept(first: int) -> Callable[[list, list], None]:
     return _events_where(check)
 
 
+def compact(obj) -> bytes:
+    """JSON as ``bq extract`` writes it: no spaces after separators."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _compact_ids_kept(events, rejects) -> None:
+    by_line = {e.src_line: e for e in events}
+    assert [by_line[n].user_id for n in (1, 2, 4)] == ["2697787.2422183099", "1234567890.1234567890",
+                                                         "1234567890.1234567890"]
+    assert by_line[1].transaction_id == "T-1" and by_line[3].transaction_id == "12345678901234567890.5"
+
+
 def _unclosed_quote_keeps_text(events, rejects) -> None:
     assert "https://c.example.org/" in rejects[0].raw  # the swallowed rows are visible in the reject
 
@@ -229,6 +241,16 @@ CASES: list[Case] = [
             b'"x"', b"1234567890.1234567890"),
         js(ga4("id20", event_params=[param("ga_session_id", {"int_value": "98765432109876543210"})]))),
         [(1, EVENT), (2, EVENT)], check=_ids_kept(1)),
+    # quoted ids are taken as parsed; bare ones are quoted first, also where another key holds the
+    # text Spark would make of the bare number
+    one("ga4 ids in compact JSON, quoted and bare", "ga4", "a.json", ndjson(
+        compact(ga4("2697787.2422183099", ecommerce={"transaction_id": "T-1"})),
+        compact(ga4("BARE", T0 + 1)).replace(b'"BARE"', b"1234567890.1234567890"),
+        compact(ga4("u3", T0 + 2, ecommerce={"transaction_id": "BARE"})).replace(
+            b'"BARE"', b"12345678901234567890.5"),
+        compact(ga4("BARE", T0 + 3, user_id="1.2345678901234567E9")).replace(
+            b'"BARE"', b"1234567890.1234567890")),
+        [(1, EVENT), (2, EVENT), (3, EVENT), (4, EVENT)], check=_compact_ids_kept),
     one("ga4 NUL bytes", "ga4", "a.json",
         ndjson(js(ga4("nul")).replace(b"page_view", b"page\x00view"), b"\x00" * 8),
         [(1, "malformed JSON"), (2, "malformed JSON")]),
