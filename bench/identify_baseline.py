@@ -57,12 +57,6 @@ def log_likelihoods(counts: sparse.csr_matrix, user: np.ndarray, train: np.ndarr
     return np.asarray(counts @ np.log(shares).T)
 
 
-def ranks(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """1 + the number of users scored at least as high as the true one (ties count against it)."""
-    own = scores[np.arange(len(truth)), truth]
-    return (scores >= own[:, None]).sum(1)
-
-
 def choose_strength(counts: sparse.csr_matrix, user: np.ndarray, train: np.ndarray, n_users: int,
                     seed: int, test_fraction: float) -> float:
     """The shrinkage with the best accuracy on an inner split of the train sessions only."""
@@ -70,7 +64,7 @@ def choose_strength(counts: sparse.csr_matrix, user: np.ndarray, train: np.ndarr
     inner_test = np.zeros(len(user), dtype=bool)
     inner_test[rows] = ev.split_by_user(user[rows], seed + 1, test_fraction)
     inner_train = train & ~inner_test
-    accuracy = {s: np.mean(ranks(log_likelihoods(counts, user, inner_train, n_users, s)[inner_test],
+    accuracy = {s: np.mean(ev.true_rank(log_likelihoods(counts, user, inner_train, n_users, s)[inner_test],
                                  user[inner_test]) == 1) for s in STRENGTHS}
     return max(STRENGTHS, key=lambda s: (accuracy[s], -s))
 
@@ -100,7 +94,7 @@ def main() -> None:
     for name, pairs in (("naive Bayes, units", False), ("naive Bayes, units + consecutive pairs", True)):
         counts = unit_counts(rows["domains"], pairs)
         strength = choose_strength(counts, user, ~test, len(candidates), conf.seed, conf.test_fraction)
-        rank = ranks(log_likelihoods(counts, user, ~test, len(candidates), strength)[test], user[test])
+        rank = ev.true_rank(log_likelihoods(counts, user, ~test, len(candidates), strength)[test], user[test])
         print(f"{name} ({counts.shape[1]:,} columns, shrinkage {strength:g}): id accuracy (= recall@1) "
               f"{np.mean(rank == 1):.3f}, recall@5 {np.mean(rank <= 5):.3f}")
     if not evaluation.empty:  # evaluate overwrites the table: one run's rows

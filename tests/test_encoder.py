@@ -307,12 +307,12 @@ def test_train_encoder_stage_saves_a_version_and_records_the_run(trained_lake):
     assert test_users and trained_on and not trained_on & test_users
     assert report["train_users"] + report["validation_users"] <= len(trained_on)
     assert stages.train_encoder(ctx)["version"] == 2
-    ctx.config.evaluate.lr_max_iter = 0  # validation computes evaluate's metrics with its settings
-    try:
+    before, ctx.config.evaluate.lr_max_iter = ctx.config.evaluate.lr_max_iter, 0
+    try:  # validation computes evaluate's metrics with evaluate's settings, so they are checked first
         with pytest.raises(ConfigError, match="evaluate.lr_max_iter must be at least 1"):
             stages.train_encoder(ctx)
     finally:
-        ctx.config.evaluate.lr_max_iter = 100
+        ctx.config.evaluate.lr_max_iter = before
     assert registry.versions(root) == [1, 2]
 
 

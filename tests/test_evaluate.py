@@ -22,6 +22,7 @@ from beha2vec.evaluate import (
     sample_sessions,
     silhouette,
     split_by_user,
+    true_rank,
 )
 from beha2vec.tables import SESSION_EMBEDDINGS
 
@@ -115,6 +116,11 @@ def test_retrieval_counts_ties_against_the_right_user():
     labels = ["a"] * 4 + ["b"] * 4 + ["c"] * 4
     assert centroid_retrieval(X, labels, seed=0, test_fraction=0.25, ks=(1, 2, 3)) == {
         1: pytest.approx(2 / 3), 2: pytest.approx(2 / 3), 3: 1.0}
+
+
+def test_true_rank_counts_ties_against_the_truth():
+    scores = np.array([[3.0, 1.0, 2.0], [1.0, 1.0, 1.0], [0.0, 5.0, 5.0]])
+    assert true_rank(scores, np.array([0, 1, 2])).tolist() == [1, 3, 2]
 
 
 def test_neighbour_purity_by_hand():

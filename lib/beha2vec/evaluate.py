@@ -208,10 +208,15 @@ def centroid_retrieval(X: Matrix, labels: Sequence | np.ndarray, seed: int, test
         shape=(len(users), len(train_rows)),
     )
     centroids = normalize(membership @ unit[train_rows])
-    sims = dense(unit[test_rows] @ centroids.T)
-    own = sims[np.arange(len(test_rows)), y[test_rows]]
-    rank = (sims >= own[:, None]).sum(axis=1) - 1
-    return {k: float(np.mean(rank < k)) for k in ks}
+    rank = true_rank(dense(unit[test_rows] @ centroids.T), y[test_rows])
+    return {k: float(np.mean(rank <= k)) for k in ks}
+
+
+def true_rank(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """1 + how many other candidates score at least as high as the true one (``scores[row, truth]``):
+    ties count against the right answer, so an empty or constant row never ranks first by luck."""
+    own = scores[np.arange(len(truth)), truth]
+    return (scores >= own[:, None]).sum(axis=1)
 
 
 def neighbour_purity(X: Matrix, personas: Sequence | np.ndarray, k: int) -> float:

@@ -97,10 +97,9 @@ def from_json_lines(records: DataFrame, whole_line_check: bool = True) -> DataFr
     wrote itself, which cannot have any.
     """
     quoted = F.from_json(F.regexp_replace("raw", BARE_NUMBER_ID, '$1"$2"'), RAW_SCHEMA, PERMISSIVE)
-    parsed = (
+    parsed = (  # an unreadable record (error set) has no e0, so no ids to quote: e stays null
         records.withColumn("e0", F.when(F.col("error").isNull(), F.from_json("raw", RAW_SCHEMA, PERMISSIVE)))
-        .withColumn("e", F.when(F.col("error").isNull(),
-                                F.when(_ids_as_written(F.col("raw"), "e0"), F.col("e0")).otherwise(quoted)))
+        .withColumn("e", F.when(_ids_as_written(F.col("raw"), "e0"), F.col("e0")).otherwise(quoted))
         .drop("e0")
     )
     partial = F.coalesce(F.col("e.event_timestamp"), F.col("e.user_pseudo_id"), F.col("e.event_name"))
