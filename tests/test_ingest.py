@@ -142,6 +142,27 @@ def test_ga4_valid_events_are_typed(ga4_run):
     assert ev.select("event_id").distinct().count() == ev.count()
 
 
+def test_ga4_param_takes_the_first_entry_of_its_key_whatever_else_the_array_holds(spark):
+    from beha2vec.ingest.ga4 import RAW_SCHEMA, param
+
+    def params(*entries) -> str:
+        return json.dumps({"event_params": list(entries)})
+
+    lines = [
+        params({"key": "a", "value": {"string_value": "x"}}, {"key": "b", "value": {"int_value": "7"}}),
+        params(None, {"value": {"string_value": "no key"}}, {"key": "b", "value": {"double_value": 2.5}}),
+        params({"key": "b", "value": {"float_value": 1.5}}, {"key": "b", "value": {"string_value": "2nd"}}),
+        params({"key": "b", "value": {}}, {"key": "b", "value": {"string_value": "2nd"}}),
+        params({"key": "a", "value": {"string_value": "x"}}),
+        params(),
+        json.dumps({"event_name": "no params"}),
+    ]
+    df = spark.createDataFrame([(i, t) for i, t in enumerate(lines)], "i int, raw string")
+    got = (df.select("i", F.from_json("raw", RAW_SCHEMA).alias("e"))
+           .select("i", param("b").alias("b")).orderBy("i").collect())
+    assert [r.b for r in got] == ["7", "2.5", "1.5", None, None, None, None]
+
+
 def test_rerun_is_idempotent_with_a_new_version(ga4_run):
     ctx, report = ga4_run
     version = ctx.lake.version("events")
