@@ -163,6 +163,32 @@ def test_ga4_param_takes_the_first_entry_of_its_key_whatever_else_the_array_hold
     assert [r.b for r in got] == ["7", "2.5", "1.5", None, None, None, None]
 
 
+@pytest.mark.parametrize("broadcast", [True, False])
+def test_duplicates_collapse_to_their_earliest_copy_with_or_without_broadcast(spark, broadcast):
+    from beha2vec.config import IngestConfig
+    from beha2vec.ingest import collapse_duplicates, repeated_ids, to_rejects
+
+    rows = [  # event_id, file, line, offset, user_id: b three times over two files, d twice in one
+        ("a", "f1", 1, 0, "u1"), ("b", "f2", 7, 90, "u1"), ("b", "f1", 3, 40, "u1"),
+        ("b", "f1", 9, 120, "u1"), ("c", "f2", None, 5, "u2"), ("d", "f3", 2, None, "u3"),
+        ("d", "f3", 1, None, "u3"),
+    ]
+    typed = spark.createDataFrame(
+        [(*r, "ga4", None, None) for r in rows],
+        "event_id string, file string, line long, offset long, user_id string, source string, "
+        "reason string, raw string")
+    valid = typed.where(F.col("reason").isNull()).drop("raw")
+    repeated = repeated_ids(valid)
+    assert {(r.event_id, r.n) for r in repeated.collect()} == {("b", 3), ("d", 2)}
+    collapsed = collapse_duplicates(valid, repeated, broadcast)
+    got = {r.event_id: (r.file, r.line, r.offset, r.n) for r in collapsed.collect()}
+    assert got == {"a": ("f1", 1, 0, 1), "b": ("f1", 3, 40, 3), "c": ("f2", None, 5, 1),
+                   "d": ("f3", 1, None, 2)}
+    rejects = to_rejects(typed, collapsed, "run", IngestConfig(), broadcast).collect()
+    assert sorted((r.file, r.line) for r in rejects) == [("f1", 9), ("f2", 7), ("f3", 2)]
+    assert all(r.reason.startswith("exact duplicate of event ") for r in rejects)
+
+
 def test_rerun_is_idempotent_with_a_new_version(ga4_run):
     ctx, report = ga4_run
     version = ctx.lake.version("events")

@@ -54,19 +54,22 @@ def ingest(ctx: Context, source: str, paths: list[str], incremental: bool = Fals
         read = [f.path for f in chosen]
         typed = ingest_lib.validate(ingest_lib.read_candidates(ctx.spark, source, read, conf), conf,
                                     dt.datetime.now(dt.UTC)).persist(INPUT_SIZED)
-        collapsed = fresh = None
+        repeated = fresh = None
         try:
             counts = {r["ok"]: r["n"] for r in typed.groupBy(F.col("reason").isNull().alias("ok"))
                       .agg(F.count(F.lit(1)).alias("n")).collect()}
             rows = counts.get(True, 0) + counts.get(False, 0)
             with scaled_shuffle(ctx.spark, rows, ctx.config.spark) as partitions:
                 run.details["shuffle_partitions"] = partitions
-                collapsed = ingest_lib.collapse_duplicates(typed.where(F.col("reason").isNull()).drop("raw"))
-                collapsed = collapsed.persist(INPUT_SIZED)
+                valid = typed.where(F.col("reason").isNull()).drop("raw")
+                repeated = ingest_lib.repeated_ids(valid).persist()
+                run.details["repeated_ids"] = n_repeated = repeated.count()
+                broadcast = n_repeated <= ingest_lib.BROADCAST_REPEATED
+                collapsed = ingest_lib.collapse_duplicates(valid, repeated, broadcast)
                 # read by changed_users, events and (incrementally) rejects: URL parts are computed once
                 fresh = ingest_lib.to_events(collapsed, conf, derive_durations=source == "webtracking")
                 new = fresh = fresh.persist(INPUT_SIZED)
-                rejects = ingest_lib.to_rejects(typed, collapsed, run.run_id, conf)
+                rejects = ingest_lib.to_rejects(typed, collapsed, run.run_id, conf, broadcast)
                 old = (ctx.lake.read("events").where(F.col("source") == source)
                        if ctx.lake.exists("events") else None)
                 if old is None or not keep_unread:
@@ -80,7 +83,7 @@ def ingest(ctx: Context, source: str, paths: list[str], incremental: bool = Fals
                 events = ctx.lake.write(new, "events", replace={"source": source})
                 written = ctx.lake.write(rejects, "rejects", replace={"stage": "ingest", "source": source})
         finally:
-            release(typed, collapsed, fresh)
+            release(typed, repeated, fresh)
         _record_files(ctx, source, chosen, ledger, run.run_id, keep_unread=keep_unread)
         run.rows_in = rows
         run.rows_out = events.rows - kept_events

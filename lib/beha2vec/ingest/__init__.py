@@ -109,22 +109,40 @@ def validate(candidates: DataFrame, conf: IngestConfig, now: dt.datetime) -> Dat
     )
 
 
-def collapse_duplicates(valid: DataFrame) -> DataFrame:
-    """One row per ``event_id``: the content, the earliest position (file, line) and the copy count.
+# repeated ids broadcast below this many (their first copies' JSON, for rejects, is about 1 KB each)
+BROADCAST_REPEATED = 50_000
 
-    Exact duplicates agree on every event field, so any copy's content will do. No list of
-    positions is kept here: at 10M events a per-id list ran the driver out of heap, and
-    :func:`to_rejects` finds the few later copies by joining the ids seen more than once.
+
+def repeated_ids(valid: DataFrame) -> DataFrame:
+    """The ids of events seen more than once, with their copy count ``n``.
+
+    Counting ids shuffles only the ids. Grouping whole events by id instead shuffled 2.8 GB and took
+    88 s of a 590 s ingest of 10M events without a single duplicate (docs/benchmarks.md).
     """
-    content = [c for c in valid.columns if c not in ("event_id", "file", "line", "offset", "raw", "reason")]
-    grouped = valid.groupBy("event_id").agg(
-        F.first(F.struct(*content)).alias("c"),
-        F.min(F.struct("file", "line", "offset")).alias("first"),
-        F.count(F.lit(1)).alias("n"),
+    return valid.groupBy("event_id").agg(F.count(F.lit(1)).alias("n")).where(F.col("n") > 1)
+
+
+def _small(df: DataFrame, broadcast: bool) -> DataFrame:
+    return F.broadcast(df) if broadcast else df
+
+
+def collapse_duplicates(valid: DataFrame, repeated: DataFrame, broadcast: bool) -> DataFrame:
+    """One row per ``event_id``: the earliest copy (by file, line, offset) and the copy count ``n``.
+
+    Exact duplicates agree on every event field, so the earliest copy's content stands for all. Only
+    the rows of ``repeated`` ids are grouped; with ``broadcast`` (few repeated ids) nothing else is
+    shuffled. :func:`to_rejects` finds the later copies from the ids seen more than once.
+    """
+    position = F.struct("file", "line", "offset")
+    first = (
+        valid.select("event_id", position.alias("position")).join(_small(repeated, broadcast), "event_id")
+        .groupBy("event_id").agg(F.min("position").alias("first"), F.max("n").alias("n"))
     )
-    return grouped.select(
-        "event_id", "c.*", F.col("first.file").alias("file"), F.col("first.line").alias("line"),
-        F.col("first.offset").alias("offset"), "n",
+    return (
+        valid.drop("reason").join(_small(first, broadcast), "event_id", "left")
+        .where(F.col("first").isNull() | (position == F.col("first")))
+        .withColumn("n", F.coalesce("n", F.lit(1)))
+        .drop("first")
     )
 
 
@@ -154,8 +172,12 @@ def seen_before(events: DataFrame, kept: DataFrame, run_id: str, conf: IngestCon
     )
 
 
-def to_rejects(typed: DataFrame, collapsed: DataFrame, run_id: str, conf: IngestConfig) -> DataFrame:
-    """Invalid records and every copy of an event after its first, with provenance and reason."""
+def to_rejects(typed: DataFrame, collapsed: DataFrame, run_id: str, conf: IngestConfig,
+               broadcast: bool) -> DataFrame:
+    """Invalid records and every copy of an event after its first, with provenance and reason.
+
+    ``broadcast`` as for :func:`collapse_duplicates`: the first copies are few, the records many.
+    """
     cols = ["source", "file", "line", "offset", "raw", "reason"]
     invalid = typed.where(F.col("reason").isNotNull()).select(*cols)
     event_cols = [c for c in EVENTS.fieldNames() if c in collapsed.columns and c not in ("file", "line")]
@@ -164,7 +186,7 @@ def to_rejects(typed: DataFrame, collapsed: DataFrame, run_id: str, conf: Ingest
         F.struct("file", "line", "offset").alias("first"),
     )
     copies = typed.where(F.col("reason").isNull()).select("event_id", "source", "file", "line", "offset")
-    duplicates = copies.join(repeated, "event_id").where(
+    duplicates = copies.join(_small(repeated, broadcast), "event_id").where(
         F.struct("file", "line", "offset") != F.col("first")
     ).select(
         "source", "file", "line", "offset",
