@@ -62,7 +62,7 @@ def ingest(ctx: Context, source: str, paths: list[str], incremental: bool = Fals
             with scaled_shuffle(ctx.spark, rows, ctx.config.spark) as partitions:
                 run.details["shuffle_partitions"] = partitions
                 valid = typed.where(F.col("reason").isNull()).drop("raw")
-                repeated = ingest_lib.repeated_ids(valid).persist()
+                repeated = ingest_lib.repeated_ids(valid).persist(INPUT_SIZED)  # input-sized at worst
                 run.details["repeated_ids"] = n_repeated = repeated.count()
                 broadcast = n_repeated <= ingest_lib.BROADCAST_REPEATED
                 collapsed = ingest_lib.collapse_duplicates(valid, repeated, broadcast)
