@@ -117,7 +117,7 @@ def repeated_ids(valid: DataFrame) -> DataFrame:
     """The ids of events seen more than once, with their copy count ``n``.
 
     Counting ids shuffles only the ids. Grouping whole events by id instead shuffled 2.8 GB and took
-    88 s of a 590 s ingest of 10M events without a single duplicate (docs/benchmarks.md).
+    88 s of a 482 s ingest of 10M events without a single duplicate (docs/benchmarks.md).
     """
     return valid.groupBy("event_id").agg(F.count(F.lit(1)).alias("n")).where(F.col("n") > 1)
 
