@@ -5,11 +5,11 @@ models. On synthetic data the generator decides how much of a person a session c
 scores, on ``evaluate``'s own held-out sample and split, a Bayes classifier handed every scored
 user's true generating parameters (``beha2vec.synth``'s internals, the same seed): their personal
 affinity over the site's sections (GA4) or the web's categories (web-tracking), their off-persona
-share, their dwell multiplier and their persona's hours. No model
-trained on a few sessions per user can be expected to beat it; how far the models are below it is
-the room there is. Next to it, the same model family with its parameters fitted on the train split
-only (no truth): what the scored sessions themselves allow. Last, the silhouette by user of the
-oracle's own scores used as session vectors: what that metric gives the best identifier there is.
+share, their dwell multiplier and their persona's hours. No model trained on a few sessions per
+user can be expected to beat it; how far the models are below it is the room there is. Next to
+it, the same model family with its parameters fitted on the train split only (no truth): what the
+scored sessions themselves allow. Last, the silhouette by user of the oracle's own scores used as
+session vectors: what that metric gives the best identifier there is.
 The oracle approximates: consecutive visits to one unit (page or domain), merged by sessionize,
 count once; the purchase funnel's forced pages are scored like any other page; observed dwell (for
 web-tracking, active seconds or the gap to the next visit) is the generator's dwell plus one offset
@@ -34,7 +34,7 @@ from beha2vec import synth
 from beha2vec.config import load_config
 from beha2vec.context import Context
 
-FLOOR = 1e-4  # probability of a section the model gives a user none of (funnel pages, rounding)
+FLOOR = 1e-4  # probability of a class the model gives a user none of (funnel pages, rounding)
 CONCENTRATION = 40.0  # synth draws a user's section weights as gamma(40 x the persona's share)
 
 
@@ -159,7 +159,7 @@ def main() -> None:
 
     unknown = 0
     counts = np.zeros((len(rows), shares.shape[1]))
-    score_sections = np.zeros((len(rows), len(candidates)))  # [session, user]
+    score_classes = np.zeros((len(rows), len(candidates)))  # [session, user]
     dwell_logs, own_expected = [], []
     own = {u: i for i, u in enumerate(candidates)}
     for r, (user, units, dwell) in enumerate(zip(rows["user_id"], rows["domains"], rows["dwell_s"],
@@ -169,7 +169,7 @@ def main() -> None:
         if known:
             visits = np.stack(known)  # [visit, class]
             counts[r] = (visits / visits.sum(1, keepdims=True)).sum(0)
-            score_sections[r] = np.log(visits @ shares.T + FLOOR).sum(0)
+            score_classes[r] = np.log(visits @ shares.T + FLOOR).sum(0)
         logs = np.log(np.clip(np.asarray(dwell, dtype=float), 1.0, None))
         dwell_logs.append(logs)
         u = own[user]
@@ -196,14 +196,14 @@ def main() -> None:
           f"{ev.persona_chance(users, persona[index], test):.3f}")
     fitted = fitted_scores(counts, dwell_logs, index, ~test, len(candidates))
     classes = "sections" if args.kind == "ga4" else "categories"
-    for name, score in ((f"oracle, {classes}", score_sections),
-                        (f"oracle, {classes} + dwell", score_sections + score_dwell),
-                        (f"oracle, {classes} + dwell + hours", score_sections + score_dwell + score_hours),
+    for name, score in ((f"oracle, {classes}", score_classes),
+                        (f"oracle, {classes} + dwell", score_classes + score_dwell),
+                        (f"oracle, {classes} + dwell + hours", score_classes + score_dwell + score_hours),
                         (f"fitted on the train split, {classes} + dwell", fitted)):
         guess = score[test].argmax(1)
         print(f"{name}: id accuracy {np.mean(guess == truth_index):.3f}, "
               f"persona accuracy {np.mean(persona[guess] == persona[truth_index]):.3f}")
-    oracle = score_sections + score_dwell + score_hours
+    oracle = score_classes + score_dwell + score_hours
     print(f"silhouette by user (cosine) on all {len(rows)} sampled sessions, as evaluate scores the models:")
     centred = oracle - oracle.mean(1, keepdims=True)
     for name, vectors in (("the oracle's posterior over users", posterior(oracle)),
