@@ -257,6 +257,22 @@ def test_empty_inputs(ctx, tmp_path):
     assert report["rows_out"] == 1
 
 
+def test_many_small_files_make_no_more_event_files_than_shuffle_partitions(spark, tmp_path):
+    from beha2vec.config import load_config
+
+    data = tmp_path / "export"
+    data.mkdir()
+    for day in range(12):
+        event = ga4_event(user=f"u{day % 3}", ts=T0 + day * 86_400_000_000)
+        (data / f"events_202403{day + 1:02d}.json").write_bytes(line(event) + b"\n")
+    config = load_config(lake_root=str(tmp_path / "lake"), overrides=["spark.shuffle_partitions=3"])
+    ctx = Context(config)
+    ctx.__dict__["spark"] = spark
+    assert stages.ingest(ctx, "ga4", [str(data)])["rows_out"] == 12
+    events = next(t for t in ctx.lake.tables() if t.name == "events")
+    assert (events.rows, events.files) == (12, 3)
+
+
 def test_msnbc_small(ctx, tmp_path):
     path = tmp_path / "m.seq"
     path.write_text("% Different categories found in input file:\n\nfrontpage news tech\n\n"
