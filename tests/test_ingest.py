@@ -167,6 +167,7 @@ def test_ga4_param_takes_the_first_entry_of_its_key_whatever_else_the_array_hold
 def test_duplicates_collapse_to_their_earliest_copy_with_or_without_broadcast(spark, broadcast):
     from beha2vec.config import IngestConfig
     from beha2vec.ingest import collapse_duplicates, repeated_ids, to_rejects
+    from beha2vec.spark import setting
 
     rows = [  # event_id, file, line, offset, user_id: b three times over two files, d twice in one
         ("a", "f1", 1, 0, "u1"), ("b", "f2", 7, 90, "u1"), ("b", "f1", 3, 40, "u1"),
@@ -180,11 +181,15 @@ def test_duplicates_collapse_to_their_earliest_copy_with_or_without_broadcast(sp
     valid = typed.where(F.col("reason").isNull()).drop("raw")
     repeated = repeated_ids(valid)
     assert {(r.event_id, r.n) for r in repeated.collect()} == {("b", 3), ("d", 2)}
-    collapsed = collapse_duplicates(valid, repeated, broadcast)
-    got = {r.event_id: (r.file, r.line, r.offset, r.n) for r in collapsed.collect()}
+    # without the hint Spark would still broadcast frames this small: only -1 makes the joins shuffle
+    with setting(spark, "spark.sql.autoBroadcastJoinThreshold", "10MB" if broadcast else "-1"):
+        collapsed = collapse_duplicates(valid, repeated, broadcast)
+        plan = collapsed._jdf.queryExecution().executedPlan().toString()
+        assert ("BroadcastHashJoin" in plan) == broadcast
+        got = {r.event_id: (r.file, r.line, r.offset, r.n) for r in collapsed.collect()}
+        rejects = to_rejects(typed, collapsed, "run", IngestConfig(), broadcast).collect()
     assert got == {"a": ("f1", 1, 0, 1), "b": ("f1", 3, 40, 3), "c": ("f2", None, 5, 1),
                    "d": ("f3", 1, None, 2)}
-    rejects = to_rejects(typed, collapsed, "run", IngestConfig(), broadcast).collect()
     assert sorted((r.file, r.line) for r in rejects) == [("f1", 9), ("f2", 7), ("f3", 2)]
     assert all(r.reason.startswith("exact duplicate of event ") for r in rejects)
 
@@ -257,17 +262,13 @@ def test_empty_inputs(ctx, tmp_path):
     assert report["rows_out"] == 1
 
 
-def test_many_small_files_make_no_more_event_files_than_shuffle_partitions(spark, tmp_path):
-    from beha2vec.config import load_config
-
+def test_many_small_files_make_no_more_event_files_than_shuffle_partitions(ctx, tmp_path):
     data = tmp_path / "export"
     data.mkdir()
     for day in range(12):
         event = ga4_event(user=f"u{day % 3}", ts=T0 + day * 86_400_000_000)
         (data / f"events_202403{day + 1:02d}.json").write_bytes(line(event) + b"\n")
-    config = load_config(lake_root=str(tmp_path / "lake"), overrides=["spark.shuffle_partitions=3"])
-    ctx = Context(config)
-    ctx.__dict__["spark"] = spark
+    ctx.config.spark.shuffle_partitions = 3  # this test's own config
     assert stages.ingest(ctx, "ga4", [str(data)])["rows_out"] == 12
     events = next(t for t in ctx.lake.tables() if t.name == "events")
     assert (events.rows, events.files) == (12, 3)

@@ -66,11 +66,10 @@ def ingest(ctx: Context, source: str, paths: list[str], incremental: bool = Fals
                 run.details["repeated_ids"] = n_repeated = repeated.count()
                 broadcast = n_repeated <= ingest_lib.BROADCAST_REPEATED
                 collapsed = ingest_lib.collapse_duplicates(valid, repeated, broadcast)
-                # read by changed_users, events and (incrementally) rejects: URL parts are computed once.
-                # No shuffle precedes it: without the coalesce, a file (and task) per input split
+                # cached: read by changed_users, events and (incrementally) rejects, so URL parts are
+                # computed once; coalesced: no shuffle precedes it, so it would keep a file per input split
                 fresh = ingest_lib.to_events(collapsed, conf, derive_durations=source == "webtracking")
-                fresh = fresh.coalesce(partitions)
-                new = fresh = fresh.persist(INPUT_SIZED)
+                new = fresh = fresh.coalesce(partitions).persist(INPUT_SIZED)
                 rejects = ingest_lib.to_rejects(typed, collapsed, run.run_id, conf, broadcast)
                 old = (ctx.lake.read("events").where(F.col("source") == source)
                        if ctx.lake.exists("events") else None)

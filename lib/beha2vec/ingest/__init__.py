@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from beha2vec.config import IngestConfig
@@ -126,6 +126,11 @@ def _small(df: DataFrame, broadcast: bool) -> DataFrame:
     return F.broadcast(df) if broadcast else df
 
 
+def _position() -> Column:
+    """Where a record was read: the earliest copy of an event is the one kept."""
+    return F.struct("file", "line", "offset")
+
+
 def collapse_duplicates(valid: DataFrame, repeated: DataFrame, broadcast: bool) -> DataFrame:
     """One row per ``event_id``: the earliest copy (by file, line, offset) and the copy count ``n``.
 
@@ -133,14 +138,13 @@ def collapse_duplicates(valid: DataFrame, repeated: DataFrame, broadcast: bool) 
     the rows of ``repeated`` ids are grouped; with ``broadcast`` (few repeated ids) nothing else is
     shuffled. :func:`to_rejects` finds the later copies from the ids seen more than once.
     """
-    position = F.struct("file", "line", "offset")
     first = (
-        valid.select("event_id", position.alias("position")).join(_small(repeated, broadcast), "event_id")
-        .groupBy("event_id").agg(F.min("position").alias("first"), F.max("n").alias("n"))
+        valid.select("event_id", _position().alias("position")).join(_small(repeated, broadcast), "event_id")
+        .groupBy("event_id", "n").agg(F.min("position").alias("first"))
     )
     return (
         valid.drop("reason").join(_small(first, broadcast), "event_id", "left")
-        .where(F.col("first").isNull() | (position == F.col("first")))
+        .where(F.col("first").isNull() | (_position() == F.col("first")))
         .withColumn("n", F.coalesce("n", F.lit(1)))
         .drop("first")
     )
@@ -181,13 +185,12 @@ def to_rejects(typed: DataFrame, collapsed: DataFrame, run_id: str, conf: Ingest
     cols = ["source", "file", "line", "offset", "raw", "reason"]
     invalid = typed.where(F.col("reason").isNotNull()).select(*cols)
     event_cols = [c for c in EVENTS.fieldNames() if c in collapsed.columns and c not in ("file", "line")]
-    repeated = collapsed.where(F.col("n") > 1).select(
-        "event_id", F.to_json(F.struct(*event_cols)).alias("event_json"),
-        F.struct("file", "line", "offset").alias("first"),
+    first_copies = collapsed.where(F.col("n") > 1).select(
+        "event_id", F.to_json(F.struct(*event_cols)).alias("event_json"), _position().alias("first"),
     )
     copies = typed.where(F.col("reason").isNull()).select("event_id", "source", "file", "line", "offset")
-    duplicates = copies.join(_small(repeated, broadcast), "event_id").where(
-        F.struct("file", "line", "offset") != F.col("first")
+    duplicates = copies.join(_small(first_copies, broadcast), "event_id").where(
+        _position() != F.col("first")
     ).select(
         "source", "file", "line", "offset",
         F.substring("event_json", 1, conf.reject_raw_chars).alias("raw"),
