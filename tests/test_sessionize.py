@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import random
 
+import pyarrow as pa
 import pytest
 
 from beha2vec.config import SessionizeConfig
-from beha2vec.sessionize import sessionize
+from beha2vec.sessionize import SESSION_ARROW, mark_visits, sessionize, sessions_of
 from beha2vec.tables import EVENTS
 
 BASE = dt.datetime(2024, 3, 4, 14, 15, tzinfo=dt.UTC)  # a Monday
 
 
 def ev(user, seconds, unit="/a", name="page_view", source="ga4", sid=None, engagement_ms=None,
-       duration_s=None, file="f1", line=0):
+       duration_s=None, file="f1", line=0, url=None):
     """One events-table row; ``unit`` is a path for GA4 and a domain for web-tracking."""
     ts = BASE + dt.timedelta(seconds=seconds)
     domain = unit if source == "webtracking" else "example.com"
     path = unit if source != "webtracking" else "/"
-    url = f"https://{domain}{path}"
+    url = url or f"https://{domain}{path}"
     row = dict.fromkeys(EVENTS.fieldNames())
     row.update(event_id=f"{user}-{seconds}-{line}-{name}-{unit}", source=source, user_id=user,
                event_ts=ts, event_date=ts.date(), event_name=name, url=url, host=domain,
@@ -130,6 +133,69 @@ def test_non_visit_events_only(spark):
     (s,) = run(spark, [ev("u", 0, "/x", name="purchase")])
     assert (s.n_visits, s.n_events, s.domains) == (0, 1, [])
     assert s.sequence_text == "Monday 14:15, Visits: (no page views)"
+
+
+def marked(rows) -> pa.Table:
+    """``rows`` (events-table tuples) as :func:`sessions_of` reads them, without Spark."""
+    names = EVENTS.fieldNames()
+    events = [dict(zip(names, r, strict=True)) for r in rows]
+    return pa.table({
+        "user_id": [e["user_id"] for e in events], "source": [e["source"] for e in events],
+        "event_id": [e["event_id"] for e in events], "url": [e["url"] for e in events],
+        "ga_session_id": pa.array([e["ga_session_id"] for e in events], pa.string()),
+        "engagement_ms": pa.array([e["engagement_ms"] for e in events], pa.int64()),
+        "duration_s": pa.array([e["duration_s"] for e in events], pa.float64()),
+        "src_file": [e["src_file"] for e in events], "src_line": [e["src_line"] for e in events],
+        "t": [int(e["event_ts"].timestamp()) * 1_000_000 for e in events],
+        "unit": [e["domain"] if e["source"] == "webtracking" else e["path"] for e in events],
+        "is_visit": [e["event_name"] == "page_view" for e in events],
+    })
+
+
+def test_tied_repeats_keep_the_first_lines_url():
+    """Two page views of one unit at the same instant merge; the visit's URL is the earlier line's
+    (Spark's min_by over the time alone used to pick either)."""
+    web = {"source": "webtracking"}
+    rows = [ev("p", 0, "a.com", line=2, url="https://a.com/second", **web),
+            ev("p", 0, "a.com", line=1, url="https://a.com/first", **web), ev("p", 5, "b.com", line=3, **web)]
+    (s,) = sessions_of(marked(rows), SessionizeConfig()).to_pylist()
+    assert s["urls"] == ["https://a.com/first", "https://b.com/"] and s["dwell_s"] == [5.0, 0.0]
+    first_id = rows[1][EVENTS.fieldNames().index("event_id")]
+    assert s["session_id"] == hashlib.md5(f"p\x01{first_id}".encode()).hexdigest()
+
+
+def test_session_ids_of_ga4_and_empty_input():
+    """Within a session the smallest GA4 session id as text (as Spark's min); none gives null."""
+    rows = [ev("u", 0, "/a", sid="2"), ev("u", 10, "/b"), ev("u", 20, "/c", sid="10"),
+            ev("v", 0, "/a")]
+    out = sessions_of(marked(rows), SessionizeConfig()).to_pylist()
+    assert [(s["user_id"], s["ga_session_id"], s["domains"]) for s in out] == [
+        ("u", "10", ["/a", "/b", "/c"]), ("v", None, ["/a"])]
+    empty = sessions_of(marked(rows).slice(0, 0), SessionizeConfig())
+    assert empty.num_rows == 0 and empty.schema == SESSION_ARROW
+
+
+def test_every_bucket_gives_what_one_call_gives(spark):
+    """Spark's buckets keep users whole: its sessions equal one call over all events."""
+    rng = random.Random(7)
+    rows = []
+    for u in range(60):
+        t = 0
+        for i in range(rng.randint(1, 40)):
+            t += rng.choice([0, 3, 40, 700, 2500])
+            rows.append(ev(f"u{u}", t, rng.choice(["/a", "/b", "/c"]), line=i,
+                           name=rng.choice(["page_view", "page_view", "user_engagement"]),
+                           sid=rng.choice([None, "1", "2"]), engagement_ms=rng.choice([None, 0, 1500])))
+    conf = SessionizeConfig(max_events=7)
+    events = spark.createDataFrame(rows, EVENTS)
+    got = sorted(map(lambda r: r.asDict(recursive=True), sessionize(events, conf).collect()),
+                 key=lambda s: s["session_id"])
+    direct = sessions_of(mark_visits(events, conf).toArrow(), conf)
+    want = sorted(direct.to_pylist(), key=lambda s: s["session_id"])
+    for s in got + want:
+        s["start_ts"], s["end_ts"] = s["start_ts"].replace(tzinfo=None), s["end_ts"].replace(tzinfo=None)
+        s["visit_ts"] = [v.replace(tzinfo=None) for v in s["visit_ts"]]
+    assert len(got) > 100 and got == want
 
 
 def test_bad_settings_fail_early(spark):
