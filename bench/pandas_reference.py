@@ -9,13 +9,8 @@ same work with the same rules and the same settings (``--conf``/``--set`` as for
   for the first ingest reason that applies (malformed JSON, missing user id, timestamp missing,
   unreadable or out of range, bad engagement time, bad revenue);
 * drop exact duplicates (the first by file and line is kept);
-* sessionize as ``beha2vec.sessionize``: per user in (time, file, line) order, a new session after
-  an idle gap over ``gap_minutes`` or a ``ga_session_id`` change, cut at ``max_events`` events or
-  ``max_hours`` hours; visits are page views (path without query string), consecutive repeats
-  merged; dwell is the summed engagement of the visit's events if positive, else the time from its
-  last merged repeat to the next visit (0 for the last visit) plus the time between its repeats,
-  each step capped at ``max_dwell_s``; bot-like users flagged; the sequence text capped to
-  ``text_max_tokens`` with the same ``cap_pieces`` and tokenizer;
+* sessionize with ``beha2vec.sessionize.sessions_of``, the pure function Spark applies to each
+  bucket of users, called once over all events (the rules: docs/data-model.md);
 * write the sessions to one parquet file.
 
 Measured choices: ``json.loads`` per line took 16 µs/event on synthetic GA4 lines (1.1 KB), against
@@ -23,15 +18,15 @@ Measured choices: ``json.loads`` per line took 16 µs/event on synthetic GA4 lin
 engine (~10 µs/event with an explicit schema) fails a whole file on one malformed line, so
 per-record rejects would be impossible. Strings are interned to integer codes while parsing, so an
 event costs ~120 bytes of columns instead of ~600 as Python strings (10M events: 4.2 GiB peak).
-After parsing everything is vectorised numpy/pandas, except URL path splitting (once per distinct
-URL) and the text (once per session).
+After parsing everything is vectorised numpy/pandas/Arrow, except URL path splitting (once per
+distinct URL) and the text (once per session).
 
 Differences from the Spark path: duplicates are identical lines (Spark compares the typed event
 fields, so lines differing only in a field the events table drops are duplicates there, not here);
 a field of the wrong JSON type is a reject only in fields read here (Spark types every field of the
 export schema, e.g. ``device``); only GA4 NDJSON is read and no per-visit ``duration_s`` exists;
 only ``sessions`` is written (Spark also writes ``events``, ``rejects`` and ``runs`` as Delta
-tables).
+tables), without ``session_id``: events have no ids here.
 """
 
 from __future__ import annotations
@@ -42,16 +37,16 @@ import gzip
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from beha2vec.config import Config, IngestConfig, SessionizeConfig, load_config
-from beha2vec.models import load_tokenizer
-from beha2vec.sequence_text import NO_VISITS, cap_pieces
+from beha2vec.sequence_text import NO_VISITS
+from beha2vec.sessionize import sessions_of
 from beha2vec.urls import split_url
 
 US = 1_000_000
@@ -166,113 +161,40 @@ def validate(df: pd.DataFrame, users: np.ndarray, conf: IngestConfig) -> np.ndar
     return np.select(checks, list(range(len(REASONS))), -1)
 
 
-def encode(ev: pd.DataFrame, vocab: dict[str, Vocab], conf: SessionizeConfig
-           ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Valid events with the codes sessionizing compares: trimmed user, normalised session id,
-    visit unit (URL path); plus the user ids and unit strings the codes stand for."""
-    users, user_code = np.unique([u.strip() for u in vocab["user"].values()], return_inverse=True)
+def to_marked(ev: pd.DataFrame, vocab: dict[str, Vocab], files: list[Path], conf: SessionizeConfig
+              ) -> pa.Table:
+    """Valid, de-duplicated events as :func:`beha2vec.sessionize.sessions_of` reads them: trimmed
+    user ids, session ids normalised as ingest does, the URL path as the visit unit."""
     sids = vocab["sid"].values()
     num = numbers(sids)[0]
     whole = np.isfinite(num) & (np.abs(num) < 2.0**63)  # as ingest: double, then long, as text
     sids[whole] = num[whole].astype(np.int64).astype(str)
-    sid_code = np.unique(sids, return_inverse=True)[1]
-    paths = [split_url(u)[2] or "(not set)" for u in vocab["url"].values()] + ["(not set)"]
-    units, unit_code = np.unique(np.array(paths, dtype=object), return_inverse=True)
+    urls = vocab["url"].values()
     name, url = ev["name"].to_numpy(), ev["url"].to_numpy()
     is_visit = lookup(np.isin(vocab["name"].values(), conf.visit_events), name, False)
-    out = pd.DataFrame({
-        "user": user_code[ev["user"].to_numpy()], "t": ev["t"].to_numpy(),
-        "file": ev["file"].to_numpy(), "line": ev["line"].to_numpy(),
-        "sid": lookup(sid_code, ev["sid"].to_numpy(), -1), "unit": unit_code[url],
-        "is_visit": is_visit | ((name < 0) & (url >= 0)), "eng": ev["eng"].to_numpy(),
-    })
-    return out, users, units
-
-
-def token_counter(name: str) -> Callable[[Sequence[str]], list[int]]:
-    """Token counts without special tokens, cached per string as ``beha2vec.sessionize`` does."""
-    tokenizer, cache = load_tokenizer(name), {}
-
-    def count(texts: Sequence[str]) -> list[int]:
-        missing = list({t for t in texts if t not in cache})
-        for text, enc in zip(missing, tokenizer.encode_batch(missing, add_special_tokens=False),
-                             strict=True):
-            cache[text] = len(enc.ids)
-        return [cache[t] for t in texts]
-
-    return count
-
-
-def sessionize(ev: pd.DataFrame, units: np.ndarray, conf: SessionizeConfig) -> pd.DataFrame:
-    """Sessions of valid, de-duplicated, encoded events (see :func:`encode`)."""
-    columns = ["user", "start_ts", "n_events", "n_visits", "is_bot", "sequence_text",
-               "text_tokens", "text_truncated"]
-    if ev.empty:
-        return pd.DataFrame(columns=columns)
-    ev = ev.sort_values(["user", "t", "file", "line"], ignore_index=True)
-    user, t, sid, unit, is_visit = (ev[c].to_numpy() for c in ("user", "t", "sid", "unit",
-                                                                "is_visit"))
     n = len(ev)
-    prev = np.arange(n) - 1
-    new_idle = np.r_[True, (user[1:] != user[:-1]) | (np.diff(t) > conf.gap_minutes * 60 * US)
-                     | ((sid[1:] != sid[:-1]) & (sid[1:] >= 0) & (sid[:-1] >= 0))]
-    idle_start = np.flatnonzero(new_idle)[np.cumsum(new_idle) - 1]
-    piece_events = (np.arange(n) - idle_start) // conf.max_events
-    piece_hours = np.floor((t - t[idle_start]) / (conf.max_hours * 3600 * US))
-    cut = ~new_idle & ((piece_events != piece_events[prev]) | (piece_hours != piece_hours[prev]))
-    new_session = new_idle | cut
-    session = np.cumsum(new_session) - 1
 
-    # Visit groups: a page view that does not repeat the previous one of its session, with the
-    # events after it; a group holds a visit if and only if it starts with one. A merged repeat
-    # adds the time since the page view before it (capped) to the visit's dwell.
-    visits = np.flatnonzero(is_visit)
-    repeat, inner = np.zeros(n, dtype=bool), np.zeros(n)
-    if conf.merge_repeats:
-        a, b = visits[1:], visits[:-1]
-        repeat[a] = (session[a] == session[b]) & (unit[a] == unit[b])
-        inner[a] = np.where(repeat[a], np.minimum(t[a] - t[b], conf.max_dwell_s * US), 0)
-    new_visit = is_visit & ~repeat
-    group_start = np.flatnonzero(new_session | new_visit)
-    in_group = new_visit[group_start]
-    v = group_start[in_group]
-    v_session, v_t = session[v], t[v]
-    v_eng = np.add.reduceat(np.nan_to_num(ev["eng"].to_numpy()), group_start)[in_group] / 1000
-    v_inner = np.add.reduceat(inner, group_start)[in_group] / US
-    v_last = np.maximum.reduceat(np.where(is_visit, t, 0), group_start)[in_group]
-    has_next = np.r_[v_session[1:] == v_session[:-1], False]
-    to_next = np.where(has_next, np.minimum((np.r_[v_t[1:], 0] - v_last) / US, conf.max_dwell_s),
-                       0)
-    dwell = np.where(v_eng > 0, v_eng, v_inner + to_next)
+    def strings(codes: np.ndarray, values: Sequence[str]) -> pa.Array:
+        """Codes (-1 for null) to strings, decoded by Arrow rather than per value in Python."""
+        dictionary = pa.array(list(values), pa.string())
+        return pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), dictionary).cast(pa.string())
 
-    starts = np.flatnonzero(new_session)
-    n_events = np.diff(np.r_[starts, n])
-    n_visits = np.bincount(v_session, minlength=len(starts))
-    end_t = t[np.r_[starts[1:], n] - 1].astype(float)
-    np.maximum.at(end_t, v_session, v_t + dwell * US)
-    minutes = np.maximum((end_t - t[starts]) / US / 60.0, 1.0 / 60)
-    fast = (n_events >= conf.bot_min_events) & (n_events / minutes > conf.bot_max_events_per_minute)
-    s_user, g_user = user[starts], user[~new_session]
-    gap = np.diff(t, prepend=0)[~new_session] / US
-    k = int(user.max()) + 1
-    count, total = np.bincount(g_user, minlength=k), np.bincount(g_user, gap, minlength=k)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = total / count
-        var = np.bincount(g_user, gap * gap, minlength=k) / count - mean**2
-        regular = (count >= conf.bot_min_events) & (mean > 0) & (
-            np.sqrt(np.maximum(var, 0)) / mean < conf.bot_max_gap_cv)
-    bot_user = regular | (np.bincount(s_user, fast, minlength=k) > 0)
-
-    pieces = (units[unit[v]] + " (" + np.rint(dwell).astype(np.int64).astype(str) + "s)").tolist()
-    start_ts = pd.to_datetime(t[starts], unit="us", utc=True)
-    heads = (start_ts.tz_convert(ZoneInfo(conf.timezone)).strftime("%A %H:%M") + ", Visits: ")
-    count_tokens = token_counter(conf.tokenizer)
-    bounds = np.r_[0, np.cumsum(n_visits)].tolist()
-    texts = [cap_pieces(head, pieces[bounds[i]:bounds[i + 1]], conf.text_max_tokens, count_tokens)
-             for i, head in enumerate(heads)]
-    return pd.DataFrame({"user": s_user, "start_ts": start_ts, "n_events": n_events,
-                         "n_visits": n_visits, "is_bot": bot_user[s_user]}).join(
-        pd.DataFrame(texts, columns=columns[5:]))
+    eng = ev["eng"].to_numpy()
+    return pa.table({
+        "user_id": strings(ev["user"].to_numpy(), [u.strip() for u in vocab["user"].values()]),
+        "source": strings(np.zeros(n, dtype=np.int64), ["ga4"]),
+        "event_id": pa.nulls(n, pa.string()),  # no event ids here: (file, line) orders every tie
+        "url": strings(url, urls),
+        "ga_session_id": strings(ev["sid"].to_numpy(), sids),
+        "engagement_ms": pa.array(np.nan_to_num(eng).astype(np.int64), mask=np.isnan(eng)),
+        "duration_s": pa.nulls(n, pa.float64()),
+        "src_file": strings(ev["file"].to_numpy(), [f"{i:06d}" for i in range(len(files))]),
+        "src_line": pa.array(ev["line"].to_numpy(), pa.int64()),
+        "t": pa.array(ev["t"].to_numpy(), pa.int64()),
+        "unit": strings(np.where(url >= 0, url, len(urls)),
+                        [split_url(u)[2] or "(not set)" for u in urls] + ["(not set)"]),
+        "is_visit": pa.array(is_visit | ((name < 0) & (url >= 0))),
+    })
 
 
 def run(paths: list[Path], out: Path | None, config: Config) -> dict:
@@ -292,16 +214,15 @@ def run(paths: list[Path], out: Path | None, config: Config) -> dict:
     dup = np.zeros(len(df), dtype=bool)
     dup[valid] = pd.Series(df["dup"].to_numpy()[valid]).duplicated().to_numpy()
     conf = config.sessionize
-    ev, users, units = encode(df[valid & ~dup], vocab, conf)
+    marked = to_marked(df[valid & ~dup], vocab, paths, conf)
     lap("validate")
-    sessions = sessionize(ev, units, conf)
-    sessions.insert(0, "user_id", users[sessions.pop("user").to_numpy(dtype=np.int64)])
+    sessions = sessions_of(marked, conf).drop_columns(["session_id"]).to_pandas()
     lap("sessionize")
     if out is not None:
         sessions.to_parquet(out, index=False)
         lap("write")
     counts = np.bincount(reason[~valid], minlength=len(REASONS))
-    return {"records": len(df), "events": len(ev), "rejected": int((~valid).sum() + dup.sum()),
+    return {"records": len(df), "events": marked.num_rows, "rejected": int((~valid).sum() + dup.sum()),
             "duplicates": int(dup.sum()),
             "reasons": {r: int(c) for r, c in zip(REASONS, counts, strict=True) if c},
             "sessions": len(sessions), "bot_sessions": int(sessions["is_bot"].sum()),
