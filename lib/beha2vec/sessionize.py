@@ -6,7 +6,7 @@ array operations. One pass replaces the chain of ten window operators and two ag
 stage used to be, each of which buffered or copied every row: 3.7× less time at 10M events
 (docs/benchmarks.md).
 
-Rules (docs/sessions.md): a user's events are ordered by time (then file, line and event id, so
+Rules (docs/data-model.md): a user's events are ordered by time (then file, line and event id, so
 equal timestamps keep their input order); a new session starts when the idle time since the end
 of the previous event (its time plus its measured duration) is longer than ``gap_minutes``, or
 when the GA4 ``ga_session_id`` changes between two events that have one; sessions longer than
