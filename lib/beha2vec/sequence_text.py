@@ -20,7 +20,7 @@ NO_VISITS = "(no page views)"
 
 def prefix(start: dt.datetime, tz: ZoneInfo) -> str:
     local = start.astimezone(tz)
-    return f"{local.strftime('%A')} {local.strftime('%H:%M')}, Visits: "
+    return local.strftime("%A %H:%M, Visits: ")
 
 
 def visit_piece(unit: str, dwell_s: float | None) -> str:

@@ -227,13 +227,15 @@ def _counter(tokenizer_name: str):
     """Token counts of texts as sums of per-word counts, cached per worker.
 
     Exact for tokenizers whose pre-tokenizer splits on whitespace (BERT WordPiece, as the bundled
-    MiniLM): words are tokenized independently. Units and ``(Ns)`` dwell words repeat across
-    sessions, so almost every lookup is a cache hit and the tokenizer runs once per distinct word.
+    MiniLM): words are tokenized independently. Visit pieces (``/cart (5s)``) repeat across
+    sessions, so most lookups hit the cache of whole texts; a miss adds up its words' counts, also
+    cached, and the tokenizer runs once per distinct word.
     """
     from beha2vec.models import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_name)
     words: dict[str, int] = {}
+    texts_seen: dict[str, int] = {}
 
     def word(w: str) -> int:
         n = words.get(w)
@@ -243,8 +245,16 @@ def _counter(tokenizer_name: str):
             n = words[w] = len(tokenizer.encode(w, add_special_tokens=False).ids)
         return n
 
+    def one(text: str) -> int:
+        n = texts_seen.get(text)
+        if n is None:
+            if len(texts_seen) > 1_000_000:
+                texts_seen.clear()
+            n = texts_seen[text] = sum(word(w) for w in text.split())
+        return n
+
     def count(texts) -> list[int]:
-        return [sum(word(w) for w in t.split()) for t in texts]
+        return [one(t) for t in texts]
 
     return count
 
