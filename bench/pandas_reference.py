@@ -161,7 +161,7 @@ def validate(df: pd.DataFrame, users: np.ndarray, conf: IngestConfig) -> np.ndar
     return np.select(checks, list(range(len(REASONS))), -1)
 
 
-def to_marked(ev: pd.DataFrame, vocab: dict[str, Vocab], files: list[Path], conf: SessionizeConfig
+def to_marked(ev: pd.DataFrame, vocab: dict[str, Vocab], n_files: int, conf: SessionizeConfig
               ) -> pa.Table:
     """Valid, de-duplicated events as :func:`beha2vec.sessionize.sessions_of` reads them: trimmed
     user ids, session ids normalised as ingest does, the URL path as the visit unit."""
@@ -188,7 +188,7 @@ def to_marked(ev: pd.DataFrame, vocab: dict[str, Vocab], files: list[Path], conf
         "ga_session_id": strings(ev["sid"].to_numpy(), sids),
         "engagement_ms": pa.array(np.nan_to_num(eng).astype(np.int64), mask=np.isnan(eng)),
         "duration_s": pa.nulls(n, pa.float64()),
-        "src_file": strings(ev["file"].to_numpy(), [f"{i:06d}" for i in range(len(files))]),
+        "src_file": strings(ev["file"].to_numpy(), [f"{i:06d}" for i in range(n_files)]),
         "src_line": pa.array(ev["line"].to_numpy(), pa.int64()),
         "t": pa.array(ev["t"].to_numpy(), pa.int64()),
         "unit": strings(np.where(url >= 0, url, len(urls)),
@@ -214,7 +214,7 @@ def run(paths: list[Path], out: Path | None, config: Config) -> dict:
     dup = np.zeros(len(df), dtype=bool)
     dup[valid] = pd.Series(df["dup"].to_numpy()[valid]).duplicated().to_numpy()
     conf = config.sessionize
-    marked = to_marked(df[valid & ~dup], vocab, paths, conf)
+    marked = to_marked(df[valid & ~dup], vocab, len(paths), conf)
     lap("validate")
     sessions = sessions_of(marked, conf).drop_columns(["session_id"]).to_pandas()
     lap("sessionize")

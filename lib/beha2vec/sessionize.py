@@ -124,8 +124,8 @@ def sessions_of(events: pa.Table, conf: SessionizeConfig) -> pa.Table:
         inner[a] = np.where(repeat[a], np.minimum(t[a] - t[b], conf.max_dwell_s * US), 0.0)
     new_visit = is_visit & ~repeat
     groups = np.flatnonzero(new_session | new_visit)
-    v = groups[new_visit[groups]]
     gv = new_visit[groups]
+    v = groups[gv]
     v_session, v_t = session[v], t[v]
     v_last = np.maximum.reduceat(np.where(is_visit, t, np.iinfo(np.int64).min), groups)[gv]
     v_inner = np.add.reduceat(inner, groups)[gv] / US
@@ -152,8 +152,8 @@ def sessions_of(events: pa.Table, conf: SessionizeConfig) -> pa.Table:
     session_ids = [hashlib.md5(f"{u}\x01{e}".encode()).hexdigest()
                    for u, e in zip(user_ids.to_pylist(), first_ids.to_pylist(), strict=True)]
     offsets = pa.array(np.r_[0, np.cumsum(n_visits)], pa.int32())
-    units = ev["unit"].take(v).to_pylist()
-    texts = _texts(conf, t[starts], units, dwell, offsets.to_numpy())
+    units = ev["unit"].take(v).combine_chunks()
+    texts = _texts(conf, t[starts], units.to_pylist(), dwell, offsets.to_numpy())
     session_no = session - session[np.flatnonzero(new_user)[np.cumsum(new_user) - 1]] + 1
     columns = {
         "session_id": pa.array(session_ids, pa.string()),
@@ -166,7 +166,7 @@ def sessions_of(events: pa.Table, conf: SessionizeConfig) -> pa.Table:
         "n_visits": pa.array(n_visits, pa.int64()),
         "duration_s": pa.array(duration_s, pa.float64()),
         "engagement_s": pa.array(np.bincount(session, engagement, minlength=n_sessions) / 1000.0),
-        "domains": pa.ListArray.from_arrays(offsets, pa.array(units, pa.string())),
+        "domains": pa.ListArray.from_arrays(offsets, units),
         "urls": pa.ListArray.from_arrays(offsets, ev["url"].take(v).combine_chunks()),
         "visit_ts": pa.ListArray.from_arrays(offsets, pa.array(v_t, TS)),
         "dwell_s": pa.ListArray.from_arrays(offsets, pa.array(dwell, pa.float64())),
@@ -234,24 +234,14 @@ def _counter(tokenizer_name: str):
     from beha2vec.models import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_name)
-    words: dict[str, int] = {}
-    texts_seen: dict[str, int] = {}
 
+    @functools.lru_cache(maxsize=1_000_000)
     def word(w: str) -> int:
-        n = words.get(w)
-        if n is None:
-            if len(words) > 1_000_000:
-                words.clear()
-            n = words[w] = len(tokenizer.encode(w, add_special_tokens=False).ids)
-        return n
+        return len(tokenizer.encode(w, add_special_tokens=False).ids)
 
+    @functools.lru_cache(maxsize=1_000_000)
     def one(text: str) -> int:
-        n = texts_seen.get(text)
-        if n is None:
-            if len(texts_seen) > 1_000_000:
-                texts_seen.clear()
-            n = texts_seen[text] = sum(word(w) for w in text.split())
-        return n
+        return sum(word(w) for w in text.split())
 
     def count(texts) -> list[int]:
         return [one(t) for t in texts]
